@@ -78,7 +78,8 @@ class ReproCLI(LightningCLI):
                 # A short usage line: on a bad value the error is not buried under 60 lines of options.
                 **{
                     sub: {
-                        "usage": f"{paper} {sub} --config CONFIG.yaml [--key value ...]  (all keys: {paper} {sub} --help)"
+                        "usage": f"{paper} {sub} --config CONFIG.yaml [--key value ...]"
+                        f"  (all keys: {paper} {sub} --help)"
                     }
                     for sub in ("fit", "validate", "test", "predict")
                 },
