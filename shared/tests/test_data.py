@@ -2,7 +2,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from reprokit.data import (
     DatasetNotFoundError,
     SeededRandomSampler,

@@ -4,7 +4,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from reprokit.bench import PeakMemory, paired_ab, time_fn, write_bench
 from reprokit.callbacks import RNGStateCallback
 from reprokit.cli import ReproError, user_error

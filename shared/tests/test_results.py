@@ -2,7 +2,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from reprokit.results import (
     atomic_write_json,
     check,
