@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import logging
 import os
 import shutil
 import sys
@@ -36,6 +37,8 @@ from reprokit.data import DatasetNotFoundError
 RUNS_ENV = "REPROKIT_RUNS"
 # Lightning 2.6 on torch 2.14 warns about its own pytree use on every step; it is not the user's concern.
 warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+# Lightning advertises its cloud services at every run; keep the console for the run's own messages.
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(lambda rec: "💡 Tip" not in str(rec.msg))
 DEFAULT_EXPERIMENT = "default"
 _SPECIAL_CKPT = {"last", "best", "hpc", "registry"}
 
