@@ -1,0 +1,108 @@
+"""Lightning wrapper: Dice-loss training of a segmentation network on CT slices (wiring only)."""
+
+from __future__ import annotations
+
+import os
+
+import pytorch_lightning as pl
+import torch
+from monai.losses import DiceLoss
+from torch import nn
+
+from lung_seg.augment import augment
+from lung_seg.metrics import DiceIoU
+from lung_seg.model import UNet
+
+
+class NoduleSegmenter(pl.LightningModule):
+    """Trains ``net`` with MONAI's Dice loss on sigmoid outputs and reports the paper's Dice and IoU.
+
+    Args:
+        net: The segmentation network (logits ``[B, 1, H, W]``); default: the paper's U-Net.
+        lr: Adam learning rate (the paper: 1e-4).
+        weight_decay: Adam weight decay (the PyTorch baseline: 1e-4).
+        poly_power: Polynomial LR decay power over ``max_epochs`` (the PyTorch baseline: 0.9); None keeps it constant.
+        mean: Normalisation mean of the [0, 1] windowed image (the paper: 0.3266).
+        std: Normalisation standard deviation (the paper: 0.3551).
+        augment: Apply the paper's augmentation while training.
+        mirror_p: Probability of a left-right mirror.
+        flip_p: Probability of an up-down flip.
+        max_rotation_deg: Largest rotation angle (the paper: 20).
+        threshold: Probability threshold of the metrics (the paper: 0.5).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module | None = None,
+        lr: float = 1e-4,
+        weight_decay: float = 0.0,
+        poly_power: float | None = None,
+        mean: float = 0.3266,
+        std: float = 0.3551,
+        augment: bool = True,
+        mirror_p: float = 0.5,
+        flip_p: float = 0.5,
+        max_rotation_deg: float = 20.0,
+        threshold: float = 0.5,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["net"])
+        self.net = net if net is not None else UNet()
+        self.loss = DiceLoss(sigmoid=True)
+        self.val_metrics = DiceIoU(threshold)
+        self.test_metrics = DiceIoU(threshold)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, 1, H, W]`` of windowed slices ``[B, 1, H, W]`` in [0, 1]."""
+        return self.net((image - self.hparams.mean) / self.hparams.std)
+
+    def on_fit_start(self) -> None:
+        # The run's seed (set by seed_everything, restored on resume) drives the augmentation together with the step.
+        self._aug_seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+
+    def training_step(self, batch, batch_idx):
+        image, mask = batch
+        if self.hparams.augment:
+            gen = torch.Generator().manual_seed(
+                (self._aug_seed * 1_000_003 + self.global_step) * 1_009 + self.global_rank
+            )
+            image, mask = augment(
+                image,
+                mask,
+                gen,
+                mirror_p=self.hparams.mirror_p,
+                flip_p=self.hparams.flip_p,
+                max_rotation_deg=self.hparams.max_rotation_deg,
+            )
+        loss = self.loss(self(image), mask)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        image, mask = batch
+        logits = self(image)
+        self.val_metrics.update(logits, mask)
+        self.log("val/loss", self.loss(logits, mask), sync_dist=True, prog_bar=True)
+
+    def on_validation_epoch_end(self) -> None:
+        scores = self.val_metrics.compute()
+        self.log_dict({"val/dice": scores["dice"], "val/iou": scores["iou"]}, prog_bar=True)
+        self.val_metrics.reset()
+
+    def test_step(self, batch, batch_idx):
+        image, mask = batch
+        logits = self(image)
+        self.test_metrics.update(logits, mask)
+        self.log("test/loss", self.loss(logits, mask), sync_dist=True)
+
+    def on_test_epoch_end(self) -> None:
+        scores = self.test_metrics.compute()
+        self.log_dict({"test/dice": scores["dice"], "test/iou": scores["iou"]})
+        self.test_metrics.reset()
+
+    def configure_optimizers(self):
+        opt = torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        if self.hparams.poly_power is None:
+            return opt
+        total = max(int(self.trainer.max_epochs or 1), 1)
+        return [opt], [torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=total, power=self.hparams.poly_power)]
