@@ -1,0 +1,127 @@
+import numpy as np
+import pytest
+import torch
+from lung_seg.augment import augment
+from lung_seg.metrics import DiceIoU, diameter_bin, dice_iou, equivalent_diameter, score_nodules, summarise_by_bin
+from lung_seg.model import MonaiBasicUNet, UNet
+
+
+@pytest.mark.parametrize("size", [(37, 53), (64, 64), (17, 16)])
+def test_unet_keeps_odd_sizes(size):
+    net = UNet(base_channels=4, depth=4).eval()
+    assert net(torch.randn(2, 1, *size)).shape == (2, 1, *size)
+
+
+def test_unet_paper_widths():
+    net = UNet(base_channels=64, depth=4)
+    assert [b[0].out_channels for b in net.down] == [64, 128, 256, 512, 1024]
+    assert [u.reduce.out_channels for u in net.up] == [512, 256, 128, 64]
+    assert all(u.reduce.kernel_size == (2, 2) for u in net.up)
+
+
+def test_models_reject_wrong_channels():
+    for net in (UNet(base_channels=2, depth=1), MonaiBasicUNet((2, 2, 2, 2, 2, 2))):
+        with pytest.raises(ValueError, match=r"\[B, 1, H, W\]"):
+            net(torch.zeros(1, 3, 16, 16))
+
+
+def test_dice_iou_hand_case():
+    pred = torch.zeros(2, 1, 4, 4, dtype=torch.bool)
+    target = torch.zeros(2, 1, 4, 4, dtype=torch.bool)
+    pred[0, 0, :2, :2] = True  # 4 pixels
+    target[0, 0, :2, :3] = True  # 6 pixels, 4 shared
+    dice, iou = dice_iou(pred, target, smooth=1.0)
+    assert dice[0].item() == pytest.approx((2 * 4 + 1) / (4 + 6 + 1))
+    assert iou[0].item() == pytest.approx((4 + 1) / (6 + 1))
+    assert dice[1].item() == iou[1].item() == 1.0  # both empty
+
+
+def test_dice_iou_matches_monai_without_smoothing():
+    from monai.metrics import DiceMetric, MeanIoU
+
+    gen = torch.Generator().manual_seed(0)
+    pred = torch.rand(6, 1, 9, 11, generator=gen) > 0.5
+    target = torch.rand(6, 1, 9, 11, generator=gen) > 0.6
+    dice, iou = dice_iou(pred, target, smooth=0.0)
+    monai_dice = DiceMetric(reduction="none")(pred.float(), target.float()).flatten()
+    monai_iou = MeanIoU(reduction="none")(pred.float(), target.float()).flatten()
+    torch.testing.assert_close(dice, monai_dice.float())
+    torch.testing.assert_close(iou, monai_iou.float())
+
+
+def test_dice_iou_metric_accumulates_the_per_slice_mean():
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(10, 1, 8, 8, generator=gen)
+    target = (torch.rand(10, 1, 8, 8, generator=gen) > 0.7).float()
+    metric = DiceIoU()
+    metric.update(logits[:3], target[:3])
+    metric.update(logits[3:], target[3:])
+    dice, iou = dice_iou(logits > 0, target > 0.5)  # sigmoid > 0.5 <=> logit > 0
+    out = metric.compute()
+    assert out["dice"].item() == pytest.approx(dice.mean().item(), rel=1e-6)
+    assert out["iou"].item() == pytest.approx(iou.mean().item(), rel=1e-6)
+
+
+def _ball(shape, center, radius_vox):
+    grid = np.indices(shape).astype(float)
+    return (sum((g - c) ** 2 for g, c in zip(grid, center)) <= radius_vox**2).astype(np.uint8)
+
+
+def test_planted_spheres_get_their_diameter_bins():
+    spacing = (1.0, 0.5, 0.5)
+    shape = (40, 80, 80)
+    diameters = {(10, 20, 20): 4.0, (20, 60, 20): 8.0, (25, 40, 60): 15.0}
+    truth = np.zeros(shape, np.uint8)
+    for center, d in diameters.items():
+        # an ellipsoid in voxels that is a sphere of diameter d in mm
+        grid = np.indices(shape).astype(float)
+        rho = sum(((g - c) * s / (d / 2)) ** 2 for g, c, s in zip(grid, center, spacing))
+        truth |= (rho <= 1).astype(np.uint8)
+    scores = score_nodules(truth, truth, spacing)
+    np.testing.assert_allclose(np.sort(scores.diameter_mm), sorted(diameters.values()), rtol=0.08)
+    np.testing.assert_array_equal(np.sort(diameter_bin(scores.diameter_mm)), [0, 1, 2])
+    rows = summarise_by_bin([scores])
+    assert [r["nodules"] for r in rows] == [1, 1, 1, 0]
+    assert all(r["dice"] == 1.0 and r["detection"] == 1.0 for r in rows[:3])
+    assert np.isnan(rows[3]["dice"])
+
+
+def test_score_nodules_hand_case():
+    truth = _ball((20, 20, 20), (5, 5, 5), 2) | _ball((20, 20, 20), (14, 14, 14), 2)
+    pred = np.zeros_like(truth)
+    pred[3:8, 3:8, 3:8] = 1  # a cube around the first nodule
+    pred[0:2, 18:20, 0:2] = 1  # a false positive far away
+    scores = score_nodules(pred, truth, (1.0, 1.0, 1.0))
+    n_ball = int(_ball((20, 20, 20), (5, 5, 5), 2).sum())
+    order = np.argsort([5, 14])
+    assert scores.detected[order].tolist() == [True, False]
+    assert scores.dice[order][0] == pytest.approx(2 * n_ball / (125 + n_ball))
+    assert scores.dice[order][1] == 0.0
+    assert scores.false_positives == 1
+    assert equivalent_diameter(n_ball, (1, 1, 1)) == pytest.approx((6 * n_ball / np.pi) ** (1 / 3))
+
+
+def test_augment_mirror_and_flip_are_exact():
+    gen = torch.Generator().manual_seed(0)
+    image = torch.rand(3, 1, 7, 9, generator=gen)
+    mask = (image > 0.5).float()
+    out, out_mask = augment(
+        image, mask, torch.Generator().manual_seed(1), mirror_p=1.0, flip_p=0.0, max_rotation_deg=0.0
+    )
+    torch.testing.assert_close(out, image.flip(-1))
+    torch.testing.assert_close(out_mask, mask.flip(-1))
+    out, _ = augment(image, mask, torch.Generator().manual_seed(1), mirror_p=0.0, flip_p=1.0, max_rotation_deg=0.0)
+    torch.testing.assert_close(out, image.flip(-2))
+
+
+def test_augment_rotation_keeps_image_and_mask_aligned():
+    yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    blob = (((yy - 20) ** 2 / 64 + (xx - 40) ** 2 / 16) <= 1).float()  # an off-centre ellipse
+    image, mask = blob.expand(8, 1, 64, 64).clone(), blob.expand(8, 1, 64, 64).clone()
+    out, out_mask = augment(image, mask, torch.Generator().manual_seed(3), max_rotation_deg=20.0)
+    assert not torch.equal(out_mask, mask)  # something moved
+    inter = ((out > 0.5) & (out_mask > 0.5)).flatten(1).sum(1).float()
+    union = ((out > 0.5) | (out_mask > 0.5)).flatten(1).sum(1).float()
+    assert (inter / union).min() > 0.85
+    torch.testing.assert_close(out_mask.flatten(1).sum(1), mask.flatten(1).sum(1), rtol=0.15, atol=0)
+    assert set(out_mask.unique().tolist()) <= {0.0, 1.0}
