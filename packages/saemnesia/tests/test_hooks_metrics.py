@@ -1,0 +1,74 @@
+import pytest
+import torch
+from saemnesia.hooks import ActivationStore, ActivationWriter, capture
+from saemnesia.metrics import UnlearningAccuracy
+from saemnesia.tiny_diffusion import SD_BLOCK, LocalTokenizer, TinyTextToImage, make_prompt
+from torch import nn
+
+
+class _Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.block = nn.Conv2d(2, 5, 1)
+
+    def forward(self, x):
+        return self.block(x)
+
+
+def test_capture_keeps_conditional_half_as_tokens():
+    net = _Net()
+    x = torch.randn(6, 2, 3, 4)
+    with capture(net, "block") as store:
+        out = net(x)
+    assert len(store) == 1 and store[0].shape == (3, 12, 5)
+    assert torch.allclose(store[0], out[3:].permute(0, 2, 3, 1).reshape(3, 12, 5))
+
+
+def test_capture_on_tiny_unet_block_shapes():
+    model = TinyTextToImage().eval()
+    ids = model.tokenizer([make_prompt("circle", "ember")] * 2)
+    with capture(model.unet, SD_BLOCK) as store, torch.no_grad():
+        model.unet(torch.randn(4, 3, 16, 16), torch.tensor(10), encoder_hidden_states=model.text(torch.cat([ids, ids])))
+    assert store[0].shape == (2, 16 * 16, 32)  # B/2 conditional items, 16x16 tokens, 32 channels in up_blocks.1
+
+
+def test_store_round_trip(tmp_path):
+    writer = ActivationWriter(tmp_path / "s", chunk_items=3, label_names=("object", "style", "t"))
+    acts = torch.randn(7, 4, 2)
+    labels = torch.arange(21).view(7, 3)
+    writer.append(acts[:5], labels[:5])
+    writer.append(acts[5:], labels[5:])
+    writer.close()
+    store = ActivationStore(tmp_path / "s")
+    assert len(store) == 7
+    for i in range(7):
+        a, lab = store[i]
+        assert torch.allclose(a, acts[i].half().float()) and torch.equal(lab, labels[i])
+    with pytest.raises(FileNotFoundError):
+        ActivationStore(tmp_path)
+
+
+def test_tokenizer():
+    tok = LocalTokenizer()
+    ids = tok([make_prompt("star", "moss"), make_prompt("ring"), ""])
+    assert ids.shape == (3, 8) and ids[2].eq(0).all() and ids[0].ne(0).sum() == 8
+    with pytest.raises(ValueError, match="vocabulary"):
+        tok(["An image of a dragon."])
+
+
+def test_unlearning_metrics_hand_case():
+    m = UnlearningAccuracy(erased=[0])
+    # 4 images of erased object 0: classifier still finds it once -> UA = 3/4
+    # 4 images of other objects: 3 objects right, 2 styles right -> IRA = 0.75, CRA = 0.5
+    obj_true = torch.tensor([0, 0, 0, 0, 1, 2, 3, 1])
+    obj_pred = torch.tensor([0, 1, 2, 5, 1, 2, 3, 0])
+    sty_true = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    sty_pred = torch.tensor([0, 1, 2, 3, 0, 1, 0, 0])
+    m.update(obj_pred[:5], obj_true[:5], sty_pred[:5], sty_true[:5])
+    m.update(obj_pred[5:], obj_true[5:], sty_pred[5:], sty_true[5:])
+    out = m.compute()
+    assert out["ua"] == pytest.approx(0.75) and out["ira"] == pytest.approx(0.75) and out["cra"] == pytest.approx(0.5)
+    seq = UnlearningAccuracy(erased=[0, 1])
+    seq.update(obj_pred, obj_true, sty_pred, sty_true)
+    out = seq.compute()  # erased images: 0,0,0,0,1,1 -> correct 1 (first) + 1 (obj 1 at idx 4) -> UA = 1 - 2/6
+    assert out["ua"] == pytest.approx(4 / 6) and out["ira"] == pytest.approx(1.0) and out["cra"] == pytest.approx(0.5)
