@@ -1,0 +1,297 @@
+"""Lightning wiring of GoDe: 3DGS-MCMC training, level assignment, LoD fine-tuning with QAT, per-level evaluation.
+
+One ``fit`` runs the paper's pipeline: steps ``[0, lod_start)`` train the 3DGS-MCMC backbone; at ``lod_start`` the
+levels are assigned by iterative gradient-importance masking; the remaining steps fine-tune all levels at once (one
+sampled level per step, quantisation-aware, no relocation). ``num_levels=1, max_fraction=1`` is the same recipe
+for a single non-scalable model (the paper's baseline), and ``num_levels=0`` is plain 3DGS-MCMC.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Literal
+
+import pytorch_lightning as pl
+import torch
+
+from gode import mcmc
+from gode.gaussians import Gaussians, activate
+from gode.levels import assign_levels, gradient_importance, level_mask, level_sizes, sample_level
+from gode.metrics import photometric_loss, psnr, ssim
+from gode.quant import quantize_params
+from gode.rasterizer import Render, rasterize
+
+
+def _decay(step: int, total: int, final_ratio: float) -> float:
+    return mcmc.means_lr(step, 1.0, final_ratio, total)
+
+
+class GoDeModule(pl.LightningModule):
+    """A 3DGS-MCMC scene with GoDe's progressive levels of detail.
+
+    Args:
+        num_gaussians: Gaussian budget (3DGS-MCMC's ``cap_max``; fixed for the whole run).
+        sh_degree: Maximum SH degree.
+        sh_degree_interval: Steps between SH degree increases (3DGS: 1000).
+        init_extent: Half-width of the cube filled by the random initialisation (used without a point cloud).
+        init_opacity: Initial opacity.
+        init_scale: Initial scale relative to the mean spacing of the initial points.
+        schedule_steps: Steps over which the centres' learning rate decays (usually ``trainer.max_steps``).
+        scene_scale: Scene size; multiplies the centres' learning rate (None: the datamodule's camera extent).
+        lr_means: Initial learning rate of the centres (times ``scene_scale``).
+        lr_means_final_ratio: Final / initial centres learning rate.
+        lr_quats: Rotation learning rate.
+        lr_scales: Log-scale learning rate.
+        lr_opacities: Opacity-logit learning rate.
+        lr_sh0: DC colour learning rate.
+        lr_shN: Higher-order SH learning rate.
+        ssim_lambda: Weight of ``1 - SSIM`` in the photometric loss.
+        refine_start: First step of MCMC relocation.
+        refine_stop: Last step of MCMC relocation (exclusive).
+        refine_every: Steps between relocations.
+        min_opacity: Opacity under which a Gaussian is dead and relocated.
+        noise_lr: Scale of the MCMC position noise (times the current centres learning rate).
+        opacity_reg: L1 weight on opacities.
+        scale_reg: L1 weight on scales.
+        num_levels: Levels of detail ``L`` (0: no levels, plain 3DGS-MCMC).
+        lod_start: Step at which levels are assigned and LoD fine-tuning starts.
+        min_level_size: ``|G_0|``.
+        max_fraction: ``|G_{L-1}| / num_gaussians`` (the rest is pruned; 0.75, 0.5 for Deep Blending).
+        level_weighting: Level sampling during fine-tuning: ``uniform`` or ``linear`` (toward high LoDs).
+        qat: Quantisation-aware fine-tuning (int8 SH, fp16 geometry) and quantised evaluation.
+        sh_rest_l1: Weight of ``mean |SH_rest|`` during fine-tuning.
+        importance_views: Training views used for the importance scores (None: all).
+        bg_color: Background colour (RGB) behind the Gaussians.
+        tile_size: Tile edge of the CPU rasterizer.
+    """
+
+    def __init__(
+        self,
+        num_gaussians: int = 2000,
+        sh_degree: int = 3,
+        sh_degree_interval: int = 1000,
+        init_extent: float = 1.0,
+        init_opacity: float = 0.5,
+        init_scale: float = 0.5,
+        schedule_steps: int = 30000,
+        scene_scale: float | None = None,
+        lr_means: float = 1.6e-4,
+        lr_means_final_ratio: float = 0.01,
+        lr_quats: float = 1e-3,
+        lr_scales: float = 5e-3,
+        lr_opacities: float = 5e-2,
+        lr_sh0: float = 2.5e-3,
+        lr_shN: float = 1.25e-4,
+        ssim_lambda: float = 0.2,
+        refine_start: int = 500,
+        refine_stop: int = 25000,
+        refine_every: int = 100,
+        min_opacity: float = 0.005,
+        noise_lr: float = 5e5,
+        opacity_reg: float = 0.01,
+        scale_reg: float = 0.01,
+        num_levels: int = 0,
+        lod_start: int = 30000,
+        min_level_size: int = 100000,
+        max_fraction: float = 0.75,
+        level_weighting: Literal["uniform", "linear"] = "uniform",
+        qat: bool = True,
+        sh_rest_l1: float = 0.05,
+        importance_views: int | None = None,
+        bg_color: tuple[float, float, float] = (1.0, 1.0, 1.0),
+        tile_size: int = 16,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        # Drawn from the global RNG after seed_everything; saved in checkpoints, so a resumed run keeps it.
+        self.register_buffer("base_seed", torch.randint(0, 2**31 - 1, ()))
+        self.gaussians = Gaussians(
+            num_gaussians, sh_degree, init_extent, init_opacity, init_scale, seed=int(self.base_seed)
+        )
+        self.register_buffer("level_of", torch.zeros(num_gaussians, dtype=torch.long))
+        self.register_buffer("levels_assigned", torch.tensor(False))
+        self.register_buffer("bg_color", torch.tensor(bg_color, dtype=torch.float))
+
+    def setup(self, stage: str) -> None:
+        scale = self.hparams.scene_scale
+        if scale is None:
+            datamodule = getattr(self.trainer, "datamodule", None)
+            scale = datamodule.scene_extent() if datamodule is not None else 1.0
+        self.scene_scale = float(scale)
+
+    # ------------------------------------------------------------------------------------------------- rendering
+    @property
+    def lod_active(self) -> bool:
+        """Whether levels have been assigned (LoD fine-tuning / leveled evaluation)."""
+        return bool(self.levels_assigned)
+
+    @property
+    def num_levels(self) -> int:
+        """Number of renderable levels (1 for a model without levels)."""
+        return max(self.hparams.num_levels, 1) if self.lod_active else 1
+
+    def splats(self, level: int | None = None, quantize: bool = False) -> dict[str, torch.Tensor]:
+        """Render-ready parameters of level ``level`` (None: every stored Gaussian), optionally quantised."""
+        raw = self.gaussians.raw()
+        stored = self.level_of >= 0
+        if quantize:
+            raw, _ = quantize_params(raw, mask=stored)
+        params = activate(raw)
+        keep = stored if level is None else level_mask(self.level_of, level)
+        if bool(keep.all()):
+            return params
+        idx = keep.nonzero().flatten()
+        return {k: v[idx] for k, v in params.items()}
+
+    def render_params(self, params: dict[str, torch.Tensor], batch: dict[str, Any], sh_degree: int | None = None):
+        """Render ``params`` into the camera of ``batch`` (one view)."""
+        image = batch["image"]
+        height, width = image.shape[-3], image.shape[-2]
+        return rasterize(
+            **params,
+            viewmat=batch["viewmat"].reshape(4, 4),
+            K=batch["K"].reshape(3, 3),
+            width=width,
+            height=height,
+            sh_degree=self.hparams.sh_degree if sh_degree is None else sh_degree,
+            background=self.bg_color,
+            tile_size=self.hparams.tile_size,
+        )
+
+    def render(self, batch: dict[str, Any], level: int | None = None, quantize: bool | None = None) -> Render:
+        """Render level ``level`` of the model into the view of ``batch``; quantised once QAT is on (default)."""
+        if quantize is None:
+            quantize = self.lod_active and self.hparams.qat
+        return self.render_params(self.splats(level, quantize), batch)
+
+    def _sh_degree_now(self) -> int:
+        return min(self.hparams.sh_degree, self.global_step // max(self.hparams.sh_degree_interval, 1))
+
+    # -------------------------------------------------------------------------------------------------- training
+    def _generator(self, salt: int) -> torch.Generator:
+        # Per-step generators: the random choices of step s are the same in a resumed and an uninterrupted run.
+        return torch.Generator().manual_seed(int(self.base_seed) * 1_000_003 + self.global_step * 7 + salt)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        target = batch["image"][0]
+        if self.lod_active:
+            level = sample_level(self.num_levels, self.hparams.level_weighting, self._generator(1))
+            params = self.splats(level, quantize=self.hparams.qat)
+            out = self.render_params(params, batch, sh_degree=self._sh_degree_now())
+            loss = photometric_loss(out.rgb, target, self.hparams.ssim_lambda)
+            loss = loss + self.hparams.sh_rest_l1 * self.gaussians.shN.abs().mean()
+            self.log("train/level", float(level))
+        else:
+            out = self.render_params(self.gaussians.activated(), batch, sh_degree=self._sh_degree_now())
+            loss = photometric_loss(out.rgb, target, self.hparams.ssim_lambda)
+            loss = loss + mcmc.regularisers(self.gaussians.raw(), self.hparams.opacity_reg, self.hparams.scale_reg)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def on_fit_start(self) -> None:
+        # A COLMAP scene starts from its sparse points (a fresh run only: a resumed one has its own state).
+        points = getattr(self.trainer.datamodule, "points", None)
+        if self.global_step == 0 and points is not None and not self.lod_active:
+            colors = getattr(self.trainer.datamodule, "colors", None)
+            self.gaussians.init_from_points(points, colors, seed=int(self.base_seed))
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        hp = self.hparams
+        if hp.num_levels > 0 and not self.lod_active and self.global_step >= hp.lod_start:
+            self.assign_levels()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        hp = self.hparams
+        if self.lod_active:
+            return  # no relocation or noise while fine-tuning the levels
+        step = self.global_step
+        params = {k: v.data for k, v in self.gaussians.raw().items()}
+        if hp.refine_start <= step < hp.refine_stop and step % hp.refine_every == 0:
+            changed = mcmc.relocate_dead(params, hp.min_opacity, self._generator(2))
+            self._reset_optimizer_state(changed)
+        lr = hp.lr_means * self.scene_scale * _decay(step, hp.schedule_steps, hp.lr_means_final_ratio)
+        mcmc.add_position_noise(params, hp.noise_lr * lr, self._generator(3))
+
+    def _reset_optimizer_state(self, idx: torch.Tensor) -> None:
+        if len(idx) == 0:
+            return
+        optimizer = self.optimizers()
+        optimizer = getattr(optimizer, "optimizer", optimizer)
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                state = optimizer.state.get(p, {})
+                for key in ("exp_avg", "exp_avg_sq"):
+                    if key in state:
+                        state[key][idx] = 0
+
+    # ------------------------------------------------------------------------------------------ level assignment
+    def importance_scores(self, active: torch.Tensor, views: list[dict[str, Any]]) -> torch.Tensor:
+        """GoDe's importance ``[N]``: per-Gaussian gradient norms of the photometric loss, accumulated over views.
+
+        Only ``active`` Gaussians are rendered, so masked ones get zero gradient. Works on detached copies of the
+        parameters (never the DDP-wrapped ones), so it can run inside a distributed fit on every rank alike.
+        """
+        raw = {k: v.detach().clone().requires_grad_(True) for k, v in self.gaussians.raw().items()}
+        idx = active.to(self.device).nonzero().flatten()
+        acc = {k: torch.zeros_like(v) for k, v in raw.items()}
+        for view in views:
+            params = {k: v[idx] for k, v in activate(raw).items()}
+            out = self.render_params(params, view)
+            loss = photometric_loss(out.rgb, view["image"].reshape(out.rgb.shape), 0.2)
+            for k, g in zip(raw, torch.autograd.grad(loss, list(raw.values()), allow_unused=True)):
+                if g is not None:
+                    acc[k] += g
+        return gradient_importance(acc)
+
+    @torch.no_grad()
+    def _views_for_importance(self) -> list[dict[str, Any]]:
+        dataset = self.trainer.datamodule.train_set
+        n = len(dataset) if self.hparams.importance_views is None else min(self.hparams.importance_views, len(dataset))
+        return [{k: v.to(self.device) for k, v in dataset[i].items()} for i in range(n)]
+
+    def assign_levels(self) -> None:
+        """Assign every Gaussian its first level (iterative masking) and switch to LoD fine-tuning."""
+        hp = self.hparams
+        sizes = level_sizes(len(self.gaussians), hp.num_levels, hp.min_level_size, hp.max_fraction)
+        views = self._views_for_importance()
+        with torch.enable_grad():
+            level_of = assign_levels(functools.partial(self.importance_scores, views=views), len(self.gaussians), sizes)
+        self.level_of.copy_(level_of.to(self.level_of.device))
+        self.levels_assigned.fill_(True)
+
+    # ------------------------------------------------------------------------------------------------ evaluation
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        out = self.render(batch)
+        self.log("val/psnr", psnr(out.rgb, batch["image"][0]), prog_bar=True, sync_dist=True, batch_size=1)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        target = batch["image"][0]
+        for level in range(self.num_levels):
+            out = self.render(batch, level if self.lod_active else None)
+            suffix = f"_L{level}" if self.lod_active else ""
+            self.log(f"test/psnr{suffix}", psnr(out.rgb, target), sync_dist=True, batch_size=1)
+            self.log(f"test/ssim{suffix}", ssim(out.rgb, target), sync_dist=True, batch_size=1)
+
+    def level_counts(self) -> list[int]:
+        """``|G_l|`` per level (all stored Gaussians for a model without levels)."""
+        if not self.lod_active:
+            return [len(self.gaussians)]
+        return [int(level_mask(self.level_of, lvl).sum()) for lvl in range(self.num_levels)]
+
+    # ------------------------------------------------------------------------------------------------ optimiser
+    def configure_optimizers(self):
+        hp = self.hparams
+        g = self.gaussians
+        groups = [
+            {"params": [g.means], "lr": hp.lr_means * self.scene_scale, "name": "means"},
+            {"params": [g.quats], "lr": hp.lr_quats, "name": "quats"},
+            {"params": [g.log_scales], "lr": hp.lr_scales, "name": "log_scales"},
+            {"params": [g.opacity_logits], "lr": hp.lr_opacities, "name": "opacity_logits"},
+            {"params": [g.sh0], "lr": hp.lr_sh0, "name": "sh0"},
+            {"params": [g.shN], "lr": hp.lr_shN, "name": "shN"},
+        ]
+        optimizer = torch.optim.Adam(groups, eps=1e-15)
+        means_decay = functools.partial(_decay, total=hp.schedule_steps, final_ratio=hp.lr_means_final_ratio)
+        constant = functools.partial(_decay, total=1, final_ratio=1.0)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [means_decay] + [constant] * 5)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
