@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from reprokit.cli import package_path, run_cli, runs_root
 from reprokit.plotting import COLORS, figure, save_png
-from reprokit.results import atomic_write_json, data_info, print_check, run_metadata, scale_name, write_results
+from reprokit.results import atomic_write_text, data_info, print_check, run_metadata, scale_name, write_results
 
 PAPER = "ca_diffusion_uad"
 # (name, config stem, label, extra test overrides); "anoddpm" re-tests the trained unconditional DDPM.
@@ -39,25 +39,23 @@ QUICK_DATA = [
     "--data.init_args.test_subjects=4",
     "--data.init_args.healthy_test_subjects=3",
 ]
-QUICK_STEPS = {"encoder": 25, "diffusion": 50, "autoencoder": 50}
+QUICK_STEPS = {"encoder": 20, "diffusion": 40, "autoencoder": 40}
+QUICK_CHAIN_STEPS = 11
 COMMON = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 
 
 def _cached_fit(config: Path, experiment: str, overrides: list[str]) -> str:
     """Fit through the CLI unless a checkpoint of the same config and overrides exists; return its path."""
     key = hashlib.sha256(json.dumps([config.read_text(), overrides]).encode()).hexdigest()[:16]
-    index_path = runs_root() / PAPER / "reproduce_cache.json"
-    index = json.loads(index_path.read_text()) if index_path.is_file() else {}
-    hit = index.get(f"{experiment}:{key}")
-    if hit and Path(hit).is_file():
-        print(f"[{PAPER}] {experiment}: cached checkpoint {hit}", flush=True)
-        return hit
+    # One small file per trained model, so reproduce runs of different seeds can share the cache concurrently.
+    marker = runs_root() / PAPER / "reproduce_cache" / f"{experiment}-{key}.txt"
+    if marker.is_file() and Path(marker.read_text().strip()).is_file():
+        print(f"[{PAPER}] {experiment}: cached checkpoint {marker.read_text().strip()}", flush=True)
+        return marker.read_text().strip()
     cli = run_cli(PAPER, ["fit", "--config", str(config), "--experiment", experiment, *overrides])
     cb = cli.trainer.checkpoint_callback
     ckpt = cb.last_model_path or cb.best_model_path
-    index = json.loads(index_path.read_text()) if index_path.is_file() else {}
-    index[f"{experiment}:{key}"] = ckpt
-    atomic_write_json(index_path, index)
+    atomic_write_text(marker, ckpt + "\n")
     return ckpt
 
 
@@ -160,7 +158,8 @@ def _protocol(
                 ckpts[stem] = _cached_fit(config, f"reproduce-{tag}-{stem}", fit_over)
             ckpt = ckpts[stem]
             if method == "anoddpm":
-                ckpt = _retarget(ckpt, "chain", inference="chain")
+                chain = {"chain_steps": QUICK_CHAIN_STEPS} if quick else {}
+                ckpt = _retarget(ckpt, "chain", inference="chain", **chain)
             print(f"[{PAPER}] seed {seed}: testing {label}", flush=True)
             model = _test(config, f"reproduce-{tag}-{method}-test", base, ckpt)
             per_method[method].append(dict(model.scores))
