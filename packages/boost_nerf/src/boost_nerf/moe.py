@@ -1,0 +1,195 @@
+"""The mixture of NeRF experts: filtering, gating, sparse dispatch, blending and rendering.
+
+Per batch of rays: sample points in the box, drop points in empty occupancy cells, drop points whose alpha/weight
+under the finest expert is below ``fast_color_thres``; the gate scores the remaining points, each expert evaluates
+only the points routed to it, and radiance and alpha are blended with the gate weights before compositing.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from nerfacc import render_weight_from_alpha
+from torch import nn
+
+from boost_nerf.encoding import act_shift_for, raw_to_alpha
+from boost_nerf.experts import Expert
+from boost_nerf.gate import NeRFGate, top_k_routing
+from boost_nerf.render import cell_centers, composite, occupancy_lookup, sample_along_rays
+
+Mode = Literal["single", "topk", "ensemble"]
+
+
+def dispatch(
+    experts: nn.ModuleList | list[Expert],
+    x: torch.Tensor,
+    d: torch.Tensor,
+    weights: torch.Tensor,
+    index: torch.Tensor | None,
+    act_shift: float,
+    interval: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Blend expert outputs, evaluating each expert only on the points routed to it.
+
+    Args:
+        experts: M experts.
+        x: Points ``[P, 3]``.
+        d: Unit view directions ``[P, 3]``.
+        weights: Blend weights ``[P, M]``.
+        index: Routed experts ``[P, k]``, or None to evaluate every expert on every point (ensemble).
+        act_shift: Raw-density shift of :func:`raw_to_alpha`.
+        interval: Step length in finest-grid voxels.
+
+    Returns:
+        Blended radiance ``[P, 3]`` = sum_i g_i c_i, blended alpha ``[P]`` = sum_i g_i alpha_i, and the number of
+        points each expert evaluated ``[M]`` (int64).
+    """
+    rgb = x.new_zeros(len(x), 3)
+    alpha = x.new_zeros(len(x))
+    counts = torch.zeros(len(experts), dtype=torch.long, device=x.device)
+    for e, expert in enumerate(experts):
+        if index is None:
+            sel = torch.arange(len(x), device=x.device)
+        else:
+            sel = (index == e).any(-1).nonzero().squeeze(1)
+        counts[e] = len(sel)
+        if len(sel) == 0:
+            continue
+        rgb_e, raw_e = expert(x[sel], d[sel])
+        g = weights[sel, e]
+        rgb = rgb.index_add(0, sel, g[:, None] * rgb_e)
+        alpha = alpha.index_add(0, sel, g * raw_to_alpha(raw_e, act_shift, interval))
+    return rgb, alpha, counts
+
+
+class BoostNeRF(nn.Module):
+    """Experts + gate + sampler: renders rays.
+
+    Args:
+        experts: The experts (one for a single-model baseline).
+        gate: The gate (None in ``"single"`` mode).
+        mode: ``"single"`` (one expert, no gate), ``"topk"`` (sparse routing) or ``"ensemble"`` (all experts,
+            weighted by the full softmax).
+        top_k: Experts per point in ``"topk"`` mode.
+        aabb: Scene box ``[x0, y0, z0, x1, y1, z1]``.
+        step_ratio: Sampling step in voxels of the finest expert (DVGO's ``stepsize``: 0.5).
+        alpha_init: Alpha of a zero raw density over one voxel (sets DVGO's ``act_shift``).
+        fast_color_thres: Points with alpha or weight below this (under the finest expert) are skipped.
+        occupancy_resolution: Cells per side of the occupancy grid used to skip empty space.
+        occupancy_threshold: A cell is occupied when the finest expert's alpha at its centre exceeds this.
+        background: Background colour (1 = white, as in NeRF-Synthetic).
+    """
+
+    def __init__(
+        self,
+        experts: list[Expert],
+        gate: NeRFGate | None,
+        mode: Mode,
+        top_k: int,
+        aabb: tuple[float, ...],
+        step_ratio: float = 0.5,
+        alpha_init: float = 1e-2,
+        fast_color_thres: float = 1e-4,
+        occupancy_resolution: int = 64,
+        occupancy_threshold: float = 1e-3,
+        background: float = 1.0,
+    ):
+        super().__init__()
+        if mode not in ("single", "topk", "ensemble"):
+            raise ValueError(f"mode must be single, topk or ensemble, got {mode!r}")
+        if mode == "single" and len(experts) != 1:
+            raise ValueError(f"single mode takes one expert, got {len(experts)}")
+        if mode != "single" and gate is None:
+            raise ValueError(f"{mode} mode needs a gate")
+        self.experts = nn.ModuleList(experts)
+        self.gate = gate
+        self.mode, self.top_k = mode, top_k
+        self.register_buffer("aabb", torch.tensor(aabb, dtype=torch.float32), persistent=False)
+        self.finest = max(range(len(experts)), key=lambda i: experts[i].resolution)
+        self.interval = step_ratio
+        self.step = step_ratio * experts[self.finest].voxel_size
+        self.act_shift = act_shift_for(alpha_init)
+        self.fast_color_thres = fast_color_thres
+        self.occupancy_threshold = occupancy_threshold
+        self.background = background
+        g = occupancy_resolution
+        self.register_buffer("occupancy", torch.ones(g, g, g, dtype=torch.bool))
+
+    @torch.no_grad()
+    def update_occupancy(self, chunk: int = 65536) -> float:
+        """Recompute the occupancy grid from the finest expert's alpha at cell centres; returns the occupied share."""
+        centers = cell_centers(self.occupancy.shape[0], self.aabb.to(self.occupancy.device)).view(-1, 3)
+        expert = self.experts[self.finest]
+        raw = torch.cat([expert.density(centers[i : i + chunk]) for i in range(0, len(centers), chunk)])
+        occ = raw_to_alpha(raw, self.act_shift, self.interval) > self.occupancy_threshold
+        self.occupancy.copy_(occ.view_as(self.occupancy))
+        return float(occ.float().mean())
+
+    @torch.no_grad()
+    def _keep(self, x: torch.Tensor, flat: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+        """Mask over candidate points ``[P]``: alpha and weight under the finest expert above the threshold."""
+        alpha = raw_to_alpha(self.experts[self.finest].density(x), self.act_shift, self.interval)
+        dense = alpha.new_zeros(shape[0] * shape[1]).index_copy(0, flat, alpha).view(shape)
+        weights, _ = render_weight_from_alpha(dense)
+        return (alpha > self.fast_color_thres) & (weights.view(-1)[flat] > self.fast_color_thres)
+
+    def render_rays(
+        self, origins: torch.Tensor, dirs: torch.Tensor, jitter: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Render rays ``[R, 3]`` (unit directions).
+
+        Args:
+            origins: ``[R, 3]``.
+            dirs: ``[R, 3]``.
+            jitter: Per-ray sample offsets in ``[0, 1)`` ``[R]`` (training), None for mid-step samples.
+
+        Returns:
+            ``rgb`` ``[R, 3]``, ``opacity`` ``[R]``, ``probs`` ``[P, M]`` gate probabilities of the evaluated points
+            (empty in single mode), ``counts`` ``[M]`` points per expert, ``points`` the number of evaluated points.
+        """
+        aabb = self.aabb.to(origins.device)
+        t, valid = sample_along_rays(origins, dirs, aabb, self.step, jitter)
+        shape = (t.shape[0], t.shape[1])
+        pts = origins[:, None, :] + t[..., None] * dirs[:, None, :]
+        flat = valid.view(-1).nonzero().squeeze(1)
+        x = pts.view(-1, 3)[flat]
+        occupied = occupancy_lookup(x, self.occupancy, aabb)
+        flat, x = flat[occupied], x[occupied]
+        keep = self._keep(x, flat, shape)
+        flat, x = flat[keep], x[keep]
+        d = dirs[:, None, :].expand_as(pts).reshape(-1, 3)[flat]
+        if self.mode == "single":
+            rgb_p, raw = self.experts[0](x, d)
+            alpha_p = raw_to_alpha(raw, self.act_shift, self.interval)
+            probs = x.new_zeros(len(x), 0)
+            counts = torch.tensor([len(x)], device=x.device)
+        else:
+            probs = torch.softmax(self.gate(x, d), -1)
+            if self.mode == "topk":
+                weights, index = top_k_routing(probs, self.top_k)
+            else:
+                weights, index = probs, None
+            rgb_p, alpha_p, counts = dispatch(self.experts, x, d, weights, index, self.act_shift, self.interval)
+        n = shape[0] * shape[1]
+        alphas = alpha_p.new_zeros(n).index_copy(0, flat, alpha_p).view(shape)
+        rgbs = rgb_p.new_zeros(n, 3).index_copy(0, flat, rgb_p).view(*shape, 3)
+        rgb, opacity, _ = composite(alphas, rgbs, self.background)
+        return {"rgb": rgb, "opacity": opacity, "probs": probs, "counts": counts, "points": torch.tensor(len(x))}
+
+    @torch.no_grad()
+    def render_image(self, origins: torch.Tensor, dirs: torch.Tensor, chunk: int = 8192) -> dict[str, torch.Tensor]:
+        """Render one view's rays ``[H, W, 3]`` in chunks.
+
+        Returns:
+            ``rgb`` ``[H, W, 3]``, ``opacity`` ``[H, W]`` and ``counts`` ``[M]`` summed over chunks.
+        """
+        h, w = origins.shape[:2]
+        o, d = origins.reshape(-1, 3), dirs.reshape(-1, 3)
+        rgb, opacity, counts = [], [], 0
+        for i in range(0, len(o), chunk):
+            out = self.render_rays(o[i : i + chunk], d[i : i + chunk])
+            rgb.append(out["rgb"])
+            opacity.append(out["opacity"])
+            counts = counts + out["counts"]
+        return {"rgb": torch.cat(rgb).view(h, w, 3), "opacity": torch.cat(opacity).view(h, w), "counts": counts}

@@ -1,0 +1,286 @@
+"""The paper's protocol as CLI runs: pretrain one expert per resolution, then the joint Top-1 / Top-2 / Ensemble stage.
+
+Writes the table baseline | Top-1 | Top-2 | Ensemble (PSNR / SSIM / GFLOPs per frame) per backbone, test renders
+and an orbit GIF. ``--scale cpu`` runs the offline procedural scene (the CPU-scale analogue); ``--scale paper`` runs
+NeRF-Synthetic scenes from ``--data_dir`` (one folder per scene) with the paper's resolutions (GPU).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from reprokit.cli import fit_test, package_path
+from reprokit.plotting import COLORS, figure, save_png
+from reprokit.results import atomic_write_json, data_info, print_check, run_metadata, scale_name, write_results
+from reprokit.scenes import camera_rays, focal_from_angle, orbit_poses
+
+from boost_nerf.metrics import count_flops, lpips_or_none, nonzero_parameters, psnr, ssim
+
+PAPER = "boost_nerf"
+MODES = ("top1", "top2", "ensemble")
+BLENDER_SCENES = ("chair", "drums", "ficus", "hotdog", "lego", "materials", "mic", "ship")
+
+#: --quick: one backbone, two small experts, few steps (a smoke run of the whole protocol).
+QUICK = {
+    "backbones": ("dvgo",),
+    "gate": 12,
+    "experts": (16, 24),
+    "weights": (1.0, 1.5),
+    "image_size": 32,
+    "views": 30,
+    "test_views": 4,
+    "expert_steps": 80,
+    "moe_steps": 50,
+    "batch": 512,
+}
+#: full --scale cpu: the offline analogue of the paper's table for two backbones.
+FULL_CPU = {
+    "backbones": ("dvgo", "tensorf"),
+    "gate": 16,
+    "experts": (24, 32, 48),
+    "expert_steps": 300,
+    "moe_steps": 200,
+}
+
+
+def _common(scale: str, quick: bool, data_dir: Path | None) -> list[str]:
+    args = ["--trainer.enable_progress_bar=false", "--trainer.limit_val_batches=1"]
+    if scale == "cpu" and quick:
+        q = QUICK
+        args += [
+            f"--data.init_args.image_size={q['image_size']}",
+            f"--data.init_args.offline_views={q['views']}",
+            f"--data.init_args.offline_test_views={q['test_views']}",
+            f"--data.init_args.max_test_views={q['test_views']}",
+            f"--data.init_args.batch_size={q['batch']}",
+            "--model.init_args.occupancy_every=10",
+        ]
+    if data_dir is not None:
+        args.append(f"--data.init_args.data_dir={data_dir}")
+    return args
+
+
+@torch.no_grad()
+def evaluate(module, datamodule, n_flop_views: int = 1) -> dict[str, Any]:
+    """Test-view PSNR / SSIM (/ LPIPS), GFLOPs and seconds per frame, ``||w||_0`` and expert shares of a model."""
+    module.eval()
+    datamodule.setup("test")
+    split = datamodule.test_split
+    rays = datamodule.test_set.rays
+    psnrs, ssims, lpips, times, renders, counts = [], [], [], [], [], 0
+    for i in range(len(split.images)):
+        start = time.perf_counter()
+        out = module.render_view(rays["origins"][i], rays["dirs"][i])
+        times.append(time.perf_counter() - start)
+        psnrs.append(float(psnr(out["rgb"], rays["rgb"][i])))
+        ssims.append(float(ssim(out["rgb"], rays["rgb"][i])))
+        lpips.append(lpips_or_none(out["rgb"], rays["rgb"][i]) if i == 0 else None)
+        renders.append(out["rgb"])
+        counts = counts + out["counts"]
+    flops = [count_flops(module.render_view, rays["origins"][i], rays["dirs"][i])[0] for i in range(n_flop_views)]
+    share = (counts.float() / counts.sum().clamp_min(1)).tolist()
+    return {
+        "psnr": sum(psnrs) / len(psnrs),
+        "ssim": sum(ssims) / len(ssims),
+        "lpips": lpips[0],
+        "gflops": sum(flops) / len(flops) / 1e9,
+        "render_s": sum(times) / len(times),
+        "params_nonzero": nonzero_parameters(module.model),
+        "expert_share": share,
+        "renders": torch.stack(renders),
+        "targets": rays["rgb"],
+    }
+
+
+def _orbit_gif(module, split, path: Path, frames: int = 16) -> None:
+    from PIL import Image
+
+    c2w = orbit_poses(frames, float(split.c2w[0, :3, 3].norm()), 30.0)
+    focal = focal_from_angle(split.width, split.camera_angle_x)
+    images = []
+    for pose in c2w:
+        o, d = camera_rays(split.height, split.width, focal, pose)
+        rgb = module.render_view(o, d)["rgb"]
+        images.append(Image.fromarray((rgb.clamp(0, 1) * 255).round().byte().numpy()))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images[0].save(path, save_all=True, append_images=images[1:], duration=120, loop=0)
+
+
+def _fit(config: Path, experiment: str, args: list[str]) -> tuple[Any, float]:
+    result = fit_test(PAPER, config, experiment=experiment, overrides=args, test=False)
+    return result, result["fit_time_s"]
+
+
+def run_backbone(
+    backbone: str, scale: str, quick: bool, out: Path, data_dir: Path | None, seed: int
+) -> tuple[list[dict[str, Any]], dict[str, float], dict[str, Any]]:
+    """Both stages for one backbone; returns table rows, flat metrics and what the figures need."""
+    configs = package_path(PAPER, "configs")
+    sub = "cpu" if scale == "cpu" else "paper"
+    prefix = "" if scale == "cpu" else "blender_"
+    common = [*_common(scale, quick, data_dir), f"--seed_everything={seed}"]
+    spec = QUICK if quick else FULL_CPU
+    gate_res = spec["gate"] if scale == "cpu" else 128
+    resolutions = list(spec["experts"]) if scale == "cpu" else [160, 200, 256, 300, 350]
+    expert_steps = [f"--trainer.max_steps={spec['expert_steps']}"] if scale == "cpu" else []
+    moe_steps = [f"--trainer.max_steps={spec['moe_steps']}"] if scale == "cpu" else []
+    if quick:
+        moe_overrides = [
+            f"--model.init_args.expert_resolutions=[{','.join(map(str, resolutions))}]",
+            f"--model.init_args.gate_resolution={gate_res}",
+            f"--model.init_args.resolution_weights=[{','.join(map(str, QUICK['weights']))}]",
+        ]
+    else:
+        moe_overrides = []
+    ckpts: dict[int, str] = {}
+    rows, metrics, keep = [], {}, {}
+    base_cfg = configs / sub / f"{prefix}{backbone}_expert{resolutions[-1]}.yaml"
+    for res in [gate_res, *resolutions]:
+        print(f"[{PAPER}] {backbone}: stage 1, expert {res}^3", flush=True)
+        cfg = configs / sub / f"{prefix}{backbone}_expert{res}.yaml"
+        extra = []
+        if not cfg.is_file():  # quick resolutions: the smallest config, resized
+            cfg, extra = base_cfg, [f"--model.init_args.expert_resolutions=[{res}]"]
+        result, fit_s = _fit(cfg, f"{scale}-{backbone}-expert{res}", [*common, *expert_steps, *extra])
+        ckpts[res] = result["ckpt"]
+        if res == resolutions[-1]:
+            ev = evaluate(result["cli"].model, result["cli"].datamodule)
+            rows.append(_row(backbone, "baseline", f"single {res}^3", ev, fit_s))
+            keep["baseline"] = ev
+            keep["split"] = result["cli"].datamodule.test_split
+    for name in MODES:
+        print(f"[{PAPER}] {backbone}: stage 2, {name}", flush=True)
+        cfg = configs / sub / f"{prefix}{backbone}_{name}.yaml"
+        init = [
+            f"--model.init_args.expert_checkpoints=[{','.join(ckpts[r] for r in resolutions)}]",
+            f"--model.init_args.gate_checkpoint={ckpts[gate_res]}",
+        ]
+        result, fit_s = _fit(cfg, f"{scale}-{backbone}-{name}", [*common, *moe_steps, *moe_overrides, *init])
+        ev = evaluate(result["cli"].model, result["cli"].datamodule)
+        rows.append(_row(backbone, name, f"{len(resolutions)} experts {resolutions}, gate {gate_res}^3", ev, fit_s))
+        keep[name] = ev
+        if name == "top2":
+            _orbit_gif(result["cli"].model, keep["split"], out / f"orbit_{backbone}_top2.gif")
+    for row in rows:
+        for key in ("psnr", "ssim", "gflops"):
+            metrics[f"{backbone}.{row['method']}.{key}"] = row[key]
+    metrics[f"{backbone}.top2_minus_baseline.psnr"] = (
+        metrics[f"{backbone}.top2.psnr"] - metrics[f"{backbone}.baseline.psnr"]
+    )
+    metrics[f"{backbone}.top2_over_baseline.gflops"] = metrics[f"{backbone}.top2.gflops"] / max(
+        metrics[f"{backbone}.baseline.gflops"], 1e-12
+    )
+    return rows, metrics, keep
+
+
+def _row(backbone: str, method: str, setup: str, ev: dict[str, Any], fit_s: float) -> dict[str, Any]:
+    return {
+        "backbone": backbone,
+        "method": method,
+        "setup": setup,
+        "psnr": ev["psnr"],
+        "ssim": ev["ssim"],
+        "lpips": ev["lpips"] if ev["lpips"] is not None else float("nan"),
+        "gflops": ev["gflops"],
+        "render_s": ev["render_s"],
+        "params_nonzero": ev["params_nonzero"],
+        "expert_share": " / ".join(f"{s:.2f}" for s in ev["expert_share"]),
+        "fit_s": fit_s,
+    }
+
+
+def _figures(out: Path, backbone: str, keep: dict[str, Any], label: str) -> None:
+    methods = ["baseline", *MODES]
+    n_views = min(3, len(keep["baseline"]["targets"]))
+    fig, axes = figure(n_views, len(methods) + 1, width=2.0, height=2.0)
+    for v in range(n_views):
+        axes[v, 0].imshow(keep["baseline"]["targets"][v].clamp(0, 1).numpy())
+        axes[v, 0].set_title("ground truth" if v == 0 else "")
+        for j, m in enumerate(methods, 1):
+            axes[v, j].imshow(keep[m]["renders"][v].clamp(0, 1).numpy())
+            axes[v, j].set_title(f"{m}" if v == 0 else "")
+    for ax in axes.flat:
+        ax.set_axis_off()
+    fig.suptitle(f"{backbone}: test views ({label})")
+    save_png(fig, out / f"renders_{backbone}.png")
+    fig, ax = figure()
+    ax = ax[0, 0]
+    colors = [COLORS["baseline"], COLORS["reference"], COLORS["method"], COLORS["extra"]]
+    for m, c in zip(methods, colors, strict=True):
+        ax.scatter(keep[m]["gflops"], keep[m]["psnr"], color=c, label=m, s=40)
+    ax.set(xlabel="GFLOPs per frame (torch FLOP counter)", ylabel="test PSNR (dB)", title=f"{backbone} ({label})")
+    ax.legend()
+    save_png(fig, out / f"psnr_vs_gflops_{backbone}.png")
+
+
+def run(scale: str, quick: bool, out: Path, data_dir: Path | None = None, seeds: list[int] | None = None) -> None:
+    """Reproduce the table at ``scale`` (``paper`` or ``cpu``) into ``out``."""
+    out = Path(out)
+    start = time.perf_counter()
+    seed = (seeds or [0])[0]
+    if scale == "paper":
+        if data_dir is None:
+            from reprokit.cli import ReproError
+
+            raise ReproError(
+                "reproduce --scale paper needs --data_dir pointing at nerf_synthetic/ (scenes "
+                f"{', '.join(BLENDER_SCENES)})"
+            )
+        data = data_info("real", "NeRF-Synthetic", data_dir)
+        scene_dirs = [data_dir / s for s in BLENDER_SCENES]
+    else:
+        data = data_info("offline", "procedural Blender-format scene (reprokit.scenes)", seed=0)
+        scene_dirs = [None]
+    backbones = QUICK["backbones"] if quick else FULL_CPU["backbones"] if scale == "cpu" else ("dvgo", "tensorf", "ngp")
+    rows: list[dict[str, Any]] = []
+    per_scene: dict[str, list[float]] = {}
+    for scene_dir in scene_dirs:
+        for backbone in backbones:
+            b_rows, b_metrics, keep = run_backbone(backbone, scale, quick, out, scene_dir, seed)
+            rows += [{**r, "scene": scene_dir.name if scene_dir else "procedural"} for r in b_rows]
+            for key, value in b_metrics.items():
+                per_scene.setdefault(key, []).append(value)
+            _figures(out, backbone, keep, data["label"] if scale == "cpu" else "NeRF-Synthetic")
+    # The paper reports the mean over the scenes.
+    metrics = {key: sum(values) / len(values) for key, values in per_scene.items()}
+    lpips_note = (
+        "LPIPS: weights unavailable offline (n/a), not zero"
+        if all(math.isnan(r["lpips"]) for r in rows)
+        else "LPIPS (VGG)"
+    )
+    write_results(
+        out,
+        "boost_table",
+        paper=PAPER,
+        scale=scale_name(scale, quick),
+        data=data,
+        metrics=metrics,
+        rows=rows,
+        columns=[
+            ("scene", "scene"),
+            ("backbone", "backbone"),
+            ("method", "method"),
+            ("setup", "setup"),
+            ("psnr", "PSNR"),
+            ("ssim", "SSIM"),
+            ("lpips", "LPIPS"),
+            ("gflops", "GFLOPs/frame"),
+            ("render_s", "render s/frame"),
+            ("params_nonzero", "||w||_0"),
+            ("expert_share", "points per expert"),
+            ("fit_s", "fit s"),
+        ],
+        title=f"Boost Your NeRF: baseline | Top-1 | Top-2 | Ensemble — {data['label']} ({lpips_note})",
+        meta=run_metadata(
+            seed=seed,
+            config="configs/" + ("cpu" if scale == "cpu" else "paper"),
+            wall_time_s=time.perf_counter() - start,
+            quick=quick,
+        ),
+    )
+    atomic_write_json(out / "timing.json", {"wall_time_s": time.perf_counter() - start, "scale": scale, "quick": quick})
+    print_check(out, package_path(PAPER, "expected"))
