@@ -109,7 +109,7 @@ class SAEModule(pl.LightningModule):
     def _track_firing(self, f: torch.Tensor) -> None:
         fired = (f != 0).any(0)
         if self.trainer.world_size > 1:
-            fired = self.all_gather(fired.to(torch.uint8)).reshape(-1, f.shape[1]).any(0)
+            fired = self.all_gather(fired.to(torch.uint8)).reshape(-1, f.shape[1]).any(0).bool()
         self.steps_since_fired.add_(1).masked_fill_(fired, 0)
         if isinstance(self.sae, BatchTopKSAE) and (f > 0).any():
             low = f[f > 0].min()
