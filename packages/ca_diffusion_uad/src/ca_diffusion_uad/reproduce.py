@@ -65,18 +65,33 @@ def _retarget(ckpt: str, suffix: str, **hparams: object) -> str:
     LightningCLI puts a checkpoint's hyperparameters over the command line, so evaluating the same weights with
     another inference scheme needs them changed in the file itself.
     """
+    path = Path(ckpt).with_name(Path(ckpt).stem + f"-{suffix}.ckpt")
+    if path.is_file() and path.stat().st_mtime_ns > Path(ckpt).stat().st_mtime_ns:
+        return str(path)  # made by an earlier run from the same checkpoint
     obj = torch.load(ckpt, map_location="cpu", weights_only=False)
     hp = obj["hyper_parameters"]
     target = hp["dict_kwargs"] if "dict_kwargs" in hp else hp
     target.update(hparams)
-    path = Path(ckpt).with_name(Path(ckpt).stem + f"-{suffix}.ckpt")
-    torch.save(obj, path)
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
     return str(path)
 
 
-def _test(config: Path, experiment: str, overrides: list[str], ckpt: str):
+def _cached_test(config: Path, experiment: str, overrides: list[str], ckpt: str) -> dict:
+    """Test a checkpoint through the CLI (or reuse an earlier test of the same file); ``{"scores", "examples"}``."""
+    key = hashlib.sha256(json.dumps([ckpt, Path(ckpt).stat().st_mtime_ns, overrides]).encode()).hexdigest()[:16]
+    marker = runs_root() / PAPER / "reproduce_cache" / f"{experiment}-{key}.pt"
+    if marker.is_file():
+        print(f"[{PAPER}] {experiment}: cached test results {marker}", flush=True)
+        return torch.load(marker, weights_only=True)
     cli = run_cli(PAPER, ["test", "--config", str(config), "--experiment", experiment, *overrides, "--ckpt_path", ckpt])
-    return cli.model
+    result = {"scores": dict(cli.model.scores), "examples": dict(cli.model.examples)}
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    tmp = marker.with_suffix(".tmp")
+    torch.save(result, tmp)
+    tmp.replace(marker)
+    return result
 
 
 def _fmt(values: list[float]) -> str:
@@ -159,12 +174,12 @@ def _protocol(
             ckpt = ckpts[stem]
             if method == "anoddpm":
                 chain = {"chain_steps": QUICK_CHAIN_STEPS} if quick else {}
-                ckpt = _retarget(ckpt, "chain", inference="chain", **chain)
+                ckpt = _retarget(ckpt, f"chain{chain.get('chain_steps', '')}", inference="chain", **chain)
             print(f"[{PAPER}] seed {seed}: testing {label}", flush=True)
-            model = _test(config, f"reproduce-{tag}-{method}-test", base, ckpt)
-            per_method[method].append(dict(model.scores))
+            result = _cached_test(config, f"reproduce-{tag}-{method}-test", base, ckpt)
+            per_method[method].append(result["scores"])
             if method not in examples:
-                examples[method] = model.examples
+                examples[method] = result["examples"]
     metrics: dict[str, float] = {}
     rows = []
     for method, _, label in METHODS:
