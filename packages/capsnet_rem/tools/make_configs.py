@@ -262,7 +262,7 @@ def cpu() -> None:
             callbacks.insert(0, rem_callback(lambda_max=0.02, tolerance=0.0, search_steps=8))
         cfg = {
             "seed_everything": 42,
-            "trainer": trainer(callbacks, max_epochs=20, **base_trainer),
+            "trainer": trainer(callbacks, max_epochs=15, **base_trainer),
             "model": classifier(copy.deepcopy(small)),
             "data": data("mnist5k", None, batch_size=64, shift=2, num_workers=0),
         }
@@ -294,7 +294,7 @@ def cpu() -> None:
     }
     cfg = {
         "seed_everything": 42,
-        "trainer": trainer([checkpoint(best=True)], max_epochs=6, **base_trainer),
+        "trainer": trainer([checkpoint(best=True)], max_epochs=4, **base_trainer),
         "model": classifier(icip, lr=3e-3),
         "data": data("mnist5k", None, batch_size=64, num_workers=0),
     }

@@ -24,8 +24,8 @@ from capsnet_rem.model import CapsNet, compact
 PAPER = "capsnet_rem"
 NO_BAR = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 # Quick runs: a few short epochs, enough to see learning and pruning start.
-QUICK_REM = ["--trainer.max_epochs=3", "--trainer.limit_train_batches=12"]
-QUICK_ICIP = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=12"]
+QUICK_REM = ["--trainer.max_epochs=2", "--trainer.limit_train_batches=10"]
+QUICK_ICIP = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=10"]
 PAPER_REM_DATASETS = ["mnist", "fashion_mnist", "cifar10", "svhn", "affnist"]
 
 
@@ -134,6 +134,7 @@ def rem_table(
                 "fit_time_s": result["fit_time_s"],
             }
             if variant == "rem" and isinstance(net, CapsNet):
+                torch.set_grad_enabled(False)
                 small = compact(net)
                 x = next(iter(dm.test_dataloader()))[0]
                 x = dm.prepare_batch(x, train=False)
@@ -143,6 +144,7 @@ def rem_table(
                     compact_speedup=dense_s / small_s,
                     compact_max_abs_diff=float((net(x).lengths - small(x).lengths).abs().max()),
                 )
+                torch.set_grad_enabled(True)
             rows.append(row)
             per_class[variant].append(stats["entropy"].tolist())
             hists.setdefault(variant, []).append(ev["hist"])
@@ -316,19 +318,22 @@ def icip_table(
         for ratio in ratios:
             for variant in variants:
                 print(f"[{PAPER}] ICIP table: {round(100 * ratio)}% FLOPs, {variant}, seed {seed}", flush=True)
-                result = fit_test(
-                    PAPER,
-                    config,
-                    experiment=f"reproduce-{scale_key}-icip-{round(100 * ratio)}-{variant}-seed{seed}",
-                    overrides=[
-                        *overrides,
-                        f"--seed_everything={seed}",
-                        *NO_BAR,
-                        f"--model.init_args.net.init_args.flops_ratio={ratio}",
-                        f"--model.init_args.net.init_args.init_from={dense['ckpt']}",
-                        f"--model.init_args.net.init_args.freeze_backbone={variant == 'frozen'}",
-                    ],
-                )
+                if ratio == 1.0 and variant == "finetuned":  # the dense run itself
+                    result = dense
+                else:
+                    result = fit_test(
+                        PAPER,
+                        config,
+                        experiment=f"reproduce-{scale_key}-icip-{round(100 * ratio)}-{variant}-seed{seed}",
+                        overrides=[
+                            *overrides,
+                            f"--seed_everything={seed}",
+                            *NO_BAR,
+                            f"--model.init_args.net.init_args.flops_ratio={ratio}",
+                            f"--model.init_args.net.init_args.init_from={dense['ckpt']}",
+                            f"--model.init_args.net.init_args.freeze_backbone={variant == 'frozen'}",
+                        ],
+                    )
                 net = _load(result)
                 prof = training_profile(net, net.in_shape)
                 steps = max(1, len(result["cli"].datamodule.train_dataloader()))

@@ -1,0 +1,168 @@
+"""Training step of Sabour's MNIST CapsNet (1152 primary capsules, 3 iterations, decoder, batch 128, 2 threads).
+
+Ours (votes as one contraction, votes grouped by output capsule so routing is batched matrix products) against the
+straightforward broadcast-matmul formulation (``W[None] @ u[..., None]`` and broadcast multiply-sum routing) measured
+in the same run, alternately. Target (issue #3): >= 2.5x faster, < 1.5 GB peak RSS, outputs equal to 1e-5.
+Also: inference of a compacted (capsule-pruned) network against the dense one.
+
+    python benchmarks/capsnet_rem/bench_routing.py            # a few batches per side (minutes)
+    python benchmarks/capsnet_rem/bench_routing.py --full     # a 5,000-image epoch per side
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from capsnet_rem.capsules import margin_loss, reconstruction_loss, squash
+from capsnet_rem.model import CapsNet, compact
+from reprokit.bench import PeakMemory, paired_ab, time_fn, torch_threads, write_bench
+from torch import nn
+
+
+class BroadcastClassCapsules(nn.Module):
+    """The usual formulation: W ``[1, I, J, D, Din]`` broadcast against u ``[B, I, 1, Din, 1]``.
+
+    Shares the weights of ``ours`` so that both compute the same function.
+    """
+
+    def __init__(self, ours: nn.Module):
+        super().__init__()
+        self.iterations = ours.iterations
+        self.weight = nn.Parameter(ours.weight.detach().permute(0, 2, 3, 1).contiguous())  # [I, J, D, Din]
+        self.bias = nn.Parameter(ours.bias.detach().clone())
+
+    def forward(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        u_hat = (self.weight[None] @ u[:, :, None, :, None]).squeeze(-1)  # [B, I, J, D]
+        frozen = u_hat.detach()
+        logits = torch.zeros(u_hat.shape[:3])
+        for it in range(self.iterations):
+            c = logits.softmax(dim=2)
+            last = it == self.iterations - 1
+            v = squash(((u_hat if last else frozen) * c[..., None]).sum(1) + self.bias)
+            if not last:
+                logits = logits + (frozen * v[:, None]).sum(-1)
+        return v, c
+
+
+def make_pair(seed: int = 0) -> tuple[CapsNet, CapsNet]:
+    torch.manual_seed(seed)
+    ours = CapsNet(decoder=True)
+    theirs = CapsNet(decoder=True)
+    theirs.load_state_dict(ours.state_dict())
+    theirs.caps = BroadcastClassCapsules(ours.caps)
+    return ours, theirs
+
+
+def step_fn(net: CapsNet, batches: list[tuple[torch.Tensor, torch.Tensor]]):
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+
+    def run() -> None:
+        for x, y in batches:
+            out = net(x, y)
+            loss = margin_loss(out.lengths, y) + 0.0005 * reconstruction_loss(out.reconstruction, x)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    return run
+
+
+def check_equal(ours: CapsNet, theirs: CapsNet, x: torch.Tensor, y: torch.Tensor) -> dict:
+    outs, grads = [], []
+    for net in (ours, theirs):
+        net.zero_grad()
+        out = net(x, y)
+        (margin_loss(out.lengths, y) + 0.0005 * reconstruction_loss(out.reconstruction, x)).backward()
+        outs.append(out)
+        grads.append(net.primary.conv.weight.grad.clone())
+    diff_len = float((outs[0].lengths - outs[1].lengths).abs().max())
+    diff_c = float((outs[0].coupling - outs[1].coupling).abs().max())
+    diff_g = float((grads[0] - grads[1]).abs().max() / grads[1].abs().max())
+    return {"max_abs_diff_lengths": diff_len, "max_abs_diff_coupling": diff_c, "max_rel_diff_grad": diff_g}
+
+
+def compaction(threads: int) -> list[dict]:
+    """Inference of dense vs compacted networks with a growing share of dead primary-capsule types."""
+    rows = []
+    x = torch.rand(128, 1, 28, 28)
+    for dead in (0.5, 0.75, 0.9):
+        torch.manual_seed(0)
+        net = CapsNet().eval()
+        n_dead = int(dead * net.primary.types)
+        per_type = net.grid[0] * net.grid[1]
+        with torch.no_grad():
+            net.caps.weight[: n_dead * per_type] = 0
+        small = compact(net).eval()
+        with torch.no_grad(), torch_threads(threads):
+            dense = time_fn(lambda net=net: net(x), warmup=1, repeats=3)
+            comp = time_fn(lambda small=small: small(x), warmup=1, repeats=3)
+            diff = float((net(x).lengths - small(x).lengths).abs().max())
+        rows.append(
+            {
+                "dead_fraction": dead,
+                "capsules": [net.num_primary, small.num_primary],
+                "dense_s": dense.median_s,
+                "compact_s": comp.median_s,
+                "speedup": dense.median_s / comp.median_s,
+                "max_abs_diff": diff,
+            }
+        )
+        print(
+            f"compaction: {dead:.0%} of types dead, {net.num_primary} -> {small.num_primary} capsules, "
+            f"inference speed-up {dense.median_s / comp.median_s:.2f}x (max |diff| {diff:.1e})"
+        )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--full", action="store_true", help="a 5,000-image epoch per side (40 batches of 128)")
+    parser.add_argument("--batches", type=int, default=2, help="batches per timed call (default run)")
+    parser.add_argument("--pairs", type=int, default=3, help="alternating A/B repeats")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    n_batches, pairs = (40, 1) if args.full else (args.batches, args.pairs)
+    gen = torch.Generator().manual_seed(0)
+    batches = [
+        (torch.rand(128, 1, 28, 28, generator=gen), torch.randint(0, 10, (128,), generator=gen))
+        for _ in range(n_batches)
+    ]
+    ours, theirs = make_pair()
+    with torch_threads(args.threads):
+        equal = check_equal(ours, theirs, *batches[0])
+        print(f"equality: {equal}")
+        # peak memory of each side alone, in a clean block
+        peaks = {}
+        for name, net in (("ours", ours), ("broadcast", theirs)):
+            fn = step_fn(net, batches[:1])
+            fn()
+            with PeakMemory() as mem:
+                fn()
+            peaks[name] = mem.peak_rss_mb
+        result = paired_ab(step_fn(ours, batches), step_fn(theirs, batches), pairs=pairs, warmup=0)
+    speedup = result.median_ratio
+    per_epoch = {k: t.median_s / n_batches * 40 for k, t in (("ours", result.a), ("broadcast", result.b))}
+    print(f"training step, batch 128, {args.threads} threads, {n_batches} batches x {pairs} pairs:")
+    print(f"  ours      {per_epoch['ours']:.1f} s per 5k-image epoch, peak RSS {peaks['ours']:.0f} MiB")
+    print(f"  broadcast {per_epoch['broadcast']:.1f} s per 5k-image epoch, peak RSS {peaks['broadcast']:.0f} MiB")
+    print(f"  speed-up {speedup:.2f}x (target >= 2.5x); ours under 1.5 GB: {peaks['ours'] < 1536}")
+    rows = compaction(args.threads)
+    path = write_bench(
+        "capsnet_rem_routing",
+        {
+            "setup": {"batch": 128, "threads": args.threads, "batches": n_batches, "pairs": pairs, "full": args.full},
+            "equality": equal,
+            "peak_rss_mb": peaks,
+            "seconds_per_5k_epoch": per_epoch,
+            "speedup": speedup,
+            "paired": result.as_dict(),
+            "compaction": rows,
+            "targets": {"speedup_min": 2.5, "peak_rss_mb_max": 1536, "equal_atol": 1e-5},
+        },
+    )
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
