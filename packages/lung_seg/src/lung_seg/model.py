@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -125,3 +126,16 @@ class MonaiBasicUNet(nn.Module):
         """Logits ``[B, 1, H, W]`` of ``[B, C, H, W]``."""
         check_input(x, self.in_channels)
         return self.net(x)
+
+
+def init_output_prior(net: nn.Module, prior: float) -> None:
+    """Set the bias of the network's last single-channel convolution to ``logit(prior)``.
+
+    A Dice loss on sigmoid outputs starts at p = 0.5 on every background pixel; starting from a small foreground
+    prior (as RetinaNet does for its classifier) skips the long phase in which the bias alone walks down to it.
+    """
+    last = [m for m in net.modules() if isinstance(m, nn.Conv2d | nn.ConvTranspose2d) and m.out_channels == 1]
+    if not last or last[-1].bias is None:
+        raise ValueError("no single-channel output convolution with a bias found")
+    with torch.no_grad():
+        last[-1].bias.fill_(math.log(prior / (1 - prior)))
