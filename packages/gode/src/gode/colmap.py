@@ -90,8 +90,11 @@ def _read_text(root: Path) -> tuple[dict, list, np.ndarray, np.ndarray]:
         parts = ln.split()
         cams[int(parts[0])] = (parts[1], int(parts[2]), int(parts[3]), [float(v) for v in parts[4:]])
     images = []
-    image_lines = lines("images.txt")
-    for ln in image_lines[::2]:  # every image line is followed by its 2D points line
+    # Every image line is followed by its 2D-points line, which may be empty: keep blank lines here.
+    image_lines = [ln for ln in (root / "images.txt").read_text().splitlines() if not ln.startswith("#")]
+    for ln in image_lines[::2]:
+        if not ln.strip():
+            continue
         parts = ln.split()
         vals = [float(v) for v in parts[1:8]]
         images.append((parts[9], np.array(vals[:4]), np.array(vals[4:7]), int(parts[8])))

@@ -55,6 +55,9 @@ def assign_levels(importance: Callable[[torch.Tensor], torch.Tensor], num: int, 
     level_of = torch.full((num,), -1, dtype=torch.long)
     active = torch.ones(num, dtype=torch.bool)
     for level in range(len(sizes) - 1, -1, -1):
+        if sizes[level] >= int(active.sum()):  # keeps everything: no need to score
+            level_of[active] = level
+            continue
         scores = importance(active.clone()).detach().double().cpu()
         scores = torch.where(active, scores, torch.full_like(scores, -torch.inf))
         # Ties broken by index so the assignment is deterministic.

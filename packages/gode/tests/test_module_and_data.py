@@ -1,0 +1,69 @@
+"""The Lightning wiring's level assignment on a real (tiny) model, and the COLMAP / Blender camera conventions."""
+
+import math
+
+import numpy as np
+import torch
+from gode.colmap import read_colmap
+from gode.data import intrinsics, viewmats_from_blender
+from gode.levels import level_mask
+from gode.lightning_module import GoDeModule
+from scipy.spatial.transform import Rotation
+
+
+class _Trainer:
+    def __init__(self, views):
+        self.datamodule = type("DM", (), {"train_set": views})()
+
+
+def test_module_assigns_nested_levels_from_gradients():
+    torch.manual_seed(0)
+    module = GoDeModule(num_gaussians=120, sh_degree=1, num_levels=3, min_level_size=15, max_fraction=0.75)
+    module.scene_scale = 1.0
+    viewmat = torch.eye(4)
+    viewmat[2, 3] = 3.0
+    view = {"image": torch.rand(16, 16, 3), "viewmat": viewmat, "K": intrinsics(20.0, 16, 16)}
+    module._views_for_importance = lambda: [view]  # the trainer's dataset, without a trainer
+    module.assign_levels()
+    counts = module.level_counts()
+    assert counts == [15, 37, 90] and module.lod_active  # 15 * sqrt(90 / 15) = 36.7
+    for lvl in (1, 2):
+        assert (level_mask(module.level_of, lvl - 1) <= level_mask(module.level_of, lvl)).all()
+    # Gaussians nobody sees (zero gradient) are the ones pruned first.
+    out = module.render({**view, "image": view["image"][None]})
+    assert out.rgb.shape == (16, 16, 3)
+
+
+def test_blender_to_opencv_viewmat():
+    # A Blender (OpenGL) camera at +z looking down -z at the origin: the origin is 4 units in front (+z in OpenCV).
+    c2w = torch.eye(4)
+    c2w[2, 3] = 4.0
+    viewmat = viewmats_from_blender(c2w[None])[0]
+    p = viewmat @ torch.tensor([0.0, 0.0, 0.0, 1.0])
+    torch.testing.assert_close(p[:3], torch.tensor([0.0, 0.0, 4.0]))
+    # world +y (up in the image for this camera) maps to camera -y (OpenCV y points down)
+    q = viewmat @ torch.tensor([0.0, 1.0, 0.0, 1.0])
+    assert q[1] < 0
+
+
+def test_colmap_text_reader(tmp_path):
+    sparse = tmp_path / "sparse" / "0"
+    sparse.mkdir(parents=True)
+    rot = Rotation.from_euler("xyz", [0.1, -0.4, 0.25])
+    x, y, z, w = rot.as_quat()
+    (sparse / "cameras.txt").write_text("# comment\n1 PINHOLE 100 80 90.0 91.0 50.0 40.0\n")
+    (sparse / "images.txt").write_text(
+        f"# header\n2 {w} {x} {y} {z} 0.5 -0.2 3.0 1 b.png\n10 20 -1\n1 1 0 0 0 0 0 1 1 a.png\n\n"
+    )
+    (sparse / "points3D.txt").write_text("1 0.1 0.2 0.3 255 0 128 0.5 2 0\n2 -1 0 1 0 255 0 0.1\n")
+    model = read_colmap(sparse)
+    assert model.names == ["a.png", "b.png"]
+    expected = torch.eye(4)
+    expected[2, 3] = 1.0
+    torch.testing.assert_close(model.viewmats[0], expected)
+    np.testing.assert_allclose(model.viewmats[1][:3, :3].numpy(), rot.as_matrix(), atol=1e-6)
+    np.testing.assert_allclose(model.viewmats[1][:3, 3].numpy(), [0.5, -0.2, 3.0], atol=1e-6)
+    torch.testing.assert_close(model.Ks[0], torch.tensor([[90.0, 0, 50], [0, 91.0, 40], [0, 0, 1]]))
+    torch.testing.assert_close(model.points, torch.tensor([[0.1, 0.2, 0.3], [-1.0, 0, 1]]))
+    torch.testing.assert_close(model.colors[0], torch.tensor([1.0, 0.0, 128 / 255]))
+    assert math.isclose(model.sizes[0][0], 100)
