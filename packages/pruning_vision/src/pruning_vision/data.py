@@ -68,14 +68,16 @@ def composite(digit: torch.Tensor, gen: torch.Generator, size: int) -> tuple[tor
     y, x = (int(v) for v in torch.randint(0, 512 - crop, (2,), generator=gen))
     bg = F.interpolate(tex[k, y : y + crop, x : x + crop][None, None], size=(size, size), mode="area")[0]
     bg = (bg - bg.min()) / (bg.max() - bg.min()).clamp_min(1e-6)
-    dark, light = r(3, 1, 1) * 0.6, 0.4 + r(3, 1, 1) * 0.6
-    background = dark + (light - dark) * bg  # [3, size, size]
+    # A dark background with a light object or the reverse; the texture modulates the tint by ±0.15.
+    dark_background = bool(r(1) < 0.5)
+    lo = 0.05 if dark_background else 0.55
+    background = (lo + 0.4 * r(3, 1, 1) + 0.3 * (bg - 0.5)).clamp(0, 1)  # [3, size, size]
     t = int(torch.randint(size // 2 + 2, size - 4, (1,), generator=gen))
     alpha = F.interpolate(digit[None, None], size=(t, t), mode="bilinear", align_corners=False)[0].clamp(0, 1)
     oy, ox = (int(v) for v in torch.randint(0, size - t + 1, (2,), generator=gen))
     full = torch.zeros(1, size, size)
     full[:, oy : oy + t, ox : ox + t] = alpha
-    colour = r(3, 1, 1)
+    colour = (0.6 if dark_background else 0.0) + 0.4 * r(3, 1, 1)
     image = background * (1 - full) + colour * full
     mask = full[0] > 0.5
     ys, xs = mask.nonzero(as_tuple=True)

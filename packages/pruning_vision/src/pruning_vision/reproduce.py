@@ -8,8 +8,11 @@ curve and the sparsity where it occurs); curves are plotted per architecture wit
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import statistics
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from reprokit.cli import package_path, run_cli
@@ -54,6 +57,15 @@ def sweep_one(config: Path, experiment: str, overrides: list[str]) -> list[dict]
             flush=True,
         )
     return rows
+
+
+def _sweep_job(args: tuple[Path, str, list[str]]) -> tuple[list[dict], float]:
+    """One (architecture, seed) sweep in a worker process with one intra-op thread; rows and wall time."""
+    import torch
+
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    return sweep_one(*args), time.perf_counter() - start
 
 
 def summarise(arch: str, per_seed: dict[int, list[dict]]) -> tuple[dict[str, float], list[dict]]:
@@ -134,31 +146,40 @@ def run(scale: str, quick: bool, out: Path, data_dir: Path | None = None, seeds:
     metrics: dict[str, float] = {}
     summary: list[dict] = []
     curves: list[dict] = []
+    jobs = {(arch, seed): (config, f"reproduce-{scale}{'-quick' if quick else ''}-{arch}-seed{seed}",
+                           [*overrides, f"--seed_everything={seed}", *QUIET])
+            for arch, config in runs.items() for seed in seeds}  # fmt: skip
+    # The (architecture, seed) sweeps are independent: run them side by side, one process per core (the quick run
+    # stays in this process). Each result depends only on its own seed, not on the scheduling.
+    workers = 1 if quick or scale == "paper" else min(len(jobs), os.cpu_count() or 1)
+    print(f"[{PAPER}] {len(jobs)} sweeps ({', '.join(f'{a}/seed{s}' for a, s in jobs)}) on {workers} process(es)")
+    if workers > 1:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            done = dict(zip(jobs, pool.map(_sweep_job, jobs.values())))
+    else:
+        done = {}
+        for key, job in jobs.items():
+            start = time.perf_counter()
+            done[key] = (sweep_one(*job), time.perf_counter() - start)
     timings: dict[str, float] = {}
-    for arch, config in runs.items():
-        arch_start = time.perf_counter()
-        per_seed = {}
-        for seed in seeds:
-            print(f"[{PAPER}] {arch} seed {seed}: pruning sweep", flush=True)
-            per_seed[seed] = sweep_one(
-                config,
-                f"reproduce-{scale}{'-quick' if quick else ''}-{arch}-seed{seed}",
-                [*overrides, f"--seed_everything={seed}", *QUIET],
-            )
-            curves += [{"arch": arch, "seed": seed, **row} for row in per_seed[seed]]
+    for arch in runs:
+        per_seed = {seed: done[(arch, seed)][0] for seed in seeds}
+        curves += [{"arch": arch, "seed": seed, **row} for seed in seeds for row in per_seed[seed]]
         m, rows = summarise(arch, per_seed)
         metrics.update(m)
         summary += rows
-        timings[arch] = time.perf_counter() - arch_start
+        timings[arch] = sum(done[(arch, seed)][1] for seed in seeds)
         metrics[f"{arch}.sweep_time_s"] = timings[arch]
         plot(arch, per_seed, out, data["label"])
     scale_key = scale_name(scale, quick)
     curve_cols = ["arch", "seed", "round", "sparsity", "acc", "corloc", "ood/mean"]
     curve_cols += sorted({k for row in curves for k in row if k.startswith(("rma/", "rra/"))})
+    times = ", ".join(f"{a} {t:.0f}" for a, t in timings.items())
     notes = (
         f"Sweet spot = round whose seed-mean value is highest; `gain` = best − dense; `best_std` = std over seeds "
         f"at that round; `seed_sparsity_std` = spread of each seed's own best sparsity. Seeds: {seeds}. "
-        f"Wall time per architecture (s): {', '.join(f'{a} {t:.0f}' for a, t in timings.items())}.\n\n"
+        f"Sweep time per architecture, summed over seeds (s): {times}; "
+        f"whole run {time.perf_counter() - start:.0f} s.\n\n"
         f"## Curves (every round, every seed)\n\n{markdown_table(curves, curve_cols, floatfmt='.3f')}"
     )
     write_results(
