@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Literal
 
@@ -24,6 +25,7 @@ STORE_HOW = (
 )
 
 
+@functools.lru_cache(maxsize=8)
 def toy_split(per_combo: int, size: int, seed: int, offset: int) -> TensorDataset:
     """``per_combo`` images of every (object, style) pair; items ``offset..`` of the jitter stream of ``seed``."""
     objects, styles = grid_labels(per_combo)

@@ -97,7 +97,6 @@ class TinyDiffusionModule(pl.LightningModule):
     def prompt_batch(self, objects: torch.Tensor, styles: torch.Tensor, drop: bool) -> torch.Tensor:
         """Token ids ``[B, L]``; with ``drop``, random unstyled and empty prompts (global RNG: restored on resume)."""
         styles = styles.clone()
-        ids = None
         if drop:
             styles[torch.rand(styles.shape, device=styles.device) < self.hparams.style_dropout] = len(STYLE_NAMES)
         ids = self.prompt_ids[objects, styles]

@@ -89,6 +89,7 @@ def decorrelation_loss(object_acts: torch.Tensor, style_acts: torch.Tensor, eps:
     Args:
         object_acts: ``[B, n_objects]`` pooled activations of the object latents.
         style_acts: ``[B, n_styles]`` pooled activations of the style latents.
+        eps: Guard against constant columns.
     """
     a = object_acts - object_acts.mean(0)
     s = style_acts - style_acts.mean(0)
