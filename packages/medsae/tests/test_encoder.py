@@ -63,3 +63,28 @@ def test_activation_store_roundtrip_and_batched_reads(tmp_path):
     with pytest.raises(ValueError, match="announced 11"):
         ActivationStore(tmp_path / "t").write(iter(chunks), 11, 3, 2)
     assert not ActivationStore(tmp_path / "t").complete
+
+
+def test_hf_clip_image_encoder_from_a_local_tiny_model(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from medsae.data import build_encoder
+
+    config = transformers.CLIPConfig(
+        text_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2},
+        vision_config={
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 8,
+        },
+        projection_dim=12,
+    )
+    transformers.CLIPModel(config).save_pretrained(tmp_path / "tiny-clip")
+    enc = build_encoder("hf", str(tmp_path / "tiny-clip"), embed_dim=12, seed=0)
+    with torch.no_grad():
+        z = enc(torch.rand(3, 1, 32, 32))
+    assert z.shape == (3, 12) and torch.allclose(z.norm(dim=1), torch.ones(3), atol=1e-5)
+    with pytest.raises(ValueError, match="needs encoder_ckpt"):
+        build_encoder("hf", None, 12, 0)

@@ -28,6 +28,7 @@ from medsae.encoder import (
     MEDCLIP_STD,
     ActivationStore,
     EmbeddingDataset,
+    HFImageEncoder,
     MedCLIPVisionEncoder,
     SmallCXREncoder,
     collate_batch,
@@ -198,8 +199,9 @@ class CXRImageDataModule(pl.LightningDataModule):
 def build_encoder(kind: str, ckpt: str | None, embed_dim: int, seed: int) -> torch.nn.Module:
     """The image encoder whose embeddings the SAE reads.
 
-    ``"medclip"``: MedCLIP-RN50, ``ckpt`` = its weights file or ``"medclip-package"``. ``"small"``: the offline CNN,
-    ``ckpt`` = an ``EncoderModule`` checkpoint, or None for a seeded random initialisation.
+    ``"medclip"``: MedCLIP-RN50, ``ckpt`` = its weights file or ``"medclip-package"``. ``"hf"``: a transformers
+    CLIP-style model, ``ckpt`` = its hub id or folder (e.g. an OpenAI CLIP). ``"small"``: the offline CNN, ``ckpt`` = an
+    ``EncoderModule`` checkpoint, or None for a seeded random initialisation.
     """
     if kind == "medclip":
         if ckpt == "medclip-package":
@@ -209,8 +211,12 @@ def build_encoder(kind: str, ckpt: str | None, embed_dim: int, seed: int) -> tor
         if ckpt is None:
             raise ValueError("encoder 'medclip' needs encoder_ckpt: MedCLIP's pytorch_model.bin or 'medclip-package'")
         return load_medclip_weights(MedCLIPVisionEncoder(embed_dim), ckpt).eval()
+    if kind == "hf":
+        if ckpt is None:
+            raise ValueError("encoder 'hf' needs encoder_ckpt: a transformers CLIP-style model id or folder")
+        return HFImageEncoder(ckpt).eval()
     if kind != "small":
-        raise ValueError(f"unknown encoder {kind!r}; choose 'medclip' or 'small'")
+        raise ValueError(f"unknown encoder {kind!r}; choose 'medclip', 'hf' or 'small'")
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         enc = SmallCXREncoder(embed_dim)
@@ -232,7 +238,7 @@ class EmbeddingDataModule(pl.LightningDataModule):
     Args:
         source: ``"offline"`` (``reprokit.cxr`` images) or ``"chexpert"`` (real CheXpert images).
         data_dir: CheXpert folder (``source="chexpert"``).
-        encoder: ``"small"`` (offline CNN) or ``"medclip"`` (MedCLIP-RN50).
+        encoder: ``"small"`` (offline CNN), ``"medclip"`` (MedCLIP-RN50) or ``"hf"`` (a transformers CLIP-style model).
         encoder_ckpt: Encoder weights (see :func:`build_encoder`); None with ``"small"``: seeded random init.
         embed_dim: Embedding width ``d`` (512 for MedCLIP).
         n_images: Offline images (``source="offline"``).
@@ -250,7 +256,7 @@ class EmbeddingDataModule(pl.LightningDataModule):
         self,
         source: Literal["offline", "chexpert"] = "offline",
         data_dir: str | None = None,
-        encoder: Literal["small", "medclip"] = "small",
+        encoder: Literal["small", "medclip", "hf"] = "small",
         encoder_ckpt: str | None = None,
         embed_dim: int = 64,
         n_images: int = 2000,

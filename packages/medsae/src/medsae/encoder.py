@@ -83,6 +83,33 @@ def medclip_from_package() -> MedCLIPVisionEncoder:  # pragma: no cover - needs 
     return encoder
 
 
+class HFImageEncoder(nn.Module):
+    """Any transformers CLIP-style model's image tower (``get_image_features``), L2-normalised.
+
+    Covers OpenAI CLIP-RN50-like and ViT CLIP checkpoints on the hub or in a local folder (``model_id``). Inputs
+    are images already resized to the model's resolution and standardised; grey images are repeated to 3 channels.
+
+    Args:
+        model_id: Hub id or local folder of a model with ``get_image_features`` (``CLIPModel``, ``SiglipModel`` ...).
+    """
+
+    def __init__(self, model_id: str):
+        super().__init__()
+        from transformers import AutoModel
+
+        self.model = AutoModel.from_pretrained(model_id)
+        if not hasattr(self.model, "get_image_features"):
+            raise ValueError(f"'{model_id}' ({type(self.model).__name__}) has no image tower (get_image_features)")
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Embeddings ``[B, d]`` of images ``[B, 1 or 3, H, W]``."""
+        if images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
+        out = self.model.get_image_features(pixel_values=images)
+        out = out if isinstance(out, torch.Tensor) else out.pooler_output
+        return F.normalize(out, dim=-1)
+
+
 class SmallCXREncoder(nn.Module):
     """A small CNN with MedCLIP's head (bias-free projection, L2 norm) for the offline analogue.
 
