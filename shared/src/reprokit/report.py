@@ -101,7 +101,7 @@ def _num(value: Any) -> str:
 
 
 def _page(title: str, body: str, back: bool = True) -> str:
-    nav = '<a href="index.html">← all papers</a>' if back else "Reproduction report"
+    nav = '<a href="index.html">← all papers</a>' if back else "Renzulli et al. — reproducible packages"
     return (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
         f'<meta name="viewport" content="width=device-width,initial-scale=1"><style>{CSS}</style></head>'
@@ -193,23 +193,34 @@ def _results_tables(rep: PaperReport) -> str:
     return "".join(parts)
 
 
+def _measured(rep: PaperReport, results: str, metric: str, scales: Sequence[str]) -> tuple[Any, str | None]:
+    """The value of ``metric`` in the first results file of ``results`` found at one of ``scales``."""
+    for scale in scales:
+        payload = rep.results.get((results, scale))
+        if payload is not None and payload.get("metrics", {}).get(metric) is not None:
+            return payload["metrics"][metric], scale
+    return None, None
+
+
 def _comparison(rep: PaperReport) -> str:
-    """Paper's number | ours at paper scale | ours at CPU scale, per (results, metric)."""
-    by_metric: dict[tuple[str, str], dict[str, CheckedRow]] = {}
+    """Paper's number | ours at paper scale | ours at CPU scale, for every metric an expected row names."""
+    keys: dict[tuple[str, str], float | None] = {}
     for c in rep.checked:
-        by_metric.setdefault((c.row.results, c.row.metric), {})[c.row.scale] = c
-    if not by_metric:
+        key = (c.row.results, c.row.metric)
+        if c.row.scale == "paper":
+            keys[key] = c.row.value
+        else:
+            keys.setdefault(key, None)
+    if not keys:
         return "<p>No expected numbers yet.</p>"
     rows = []
-    for (res, metric), scales in by_metric.items():
-        paper = scales.get("paper")
-        cpu = scales.get("cpu") or scales.get("cpu-quick")
+    for (res, metric), paper_value in keys.items():
+        ours_paper, _ = _measured(rep, res, metric, ("paper",))
+        ours_cpu, cpu_scale = _measured(rep, res, metric, ("cpu", "cpu-quick"))
+        cpu_cell = "not run" if cpu_scale is None else f"{_num(ours_cpu)} ({_e(cpu_scale)})"
         rows.append(
-            f"<tr><td>{_e(res)}</td><td>{_e(metric)}</td>"
-            f"<td>{_num(paper.row.value) if paper else '–'}</td>"
-            f"<td>{_num(paper.measured) if paper and paper.measured is not None else 'not run'}</td>"
-            f"<td>{_num(cpu.measured) if cpu and cpu.measured is not None else 'not run'}"
-            f"{' (' + cpu.row.scale + ')' if cpu and cpu.measured is not None else ''}</td></tr>"
+            f"<tr><td>{_e(res)}</td><td>{_e(metric)}</td><td>{_num(paper_value)}</td>"
+            f"<td>{'not run' if ours_paper is None else _num(ours_paper)}</td><td>{cpu_cell}</td></tr>"
         )
     return (
         "<table><tr><th>results</th><th>metric</th><th>paper's number</th><th>ours, paper scale</th>"
