@@ -21,7 +21,12 @@ def ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def lpips_or_none(pred: torch.Tensor, target: torch.Tensor) -> float | None:
-    """LPIPS (VGG) of one image ``[H, W, 3]``, or None when its weights cannot be loaded (offline machines)."""
+    """LPIPS (VGG) of one image ``[H, W, 3]``, or None when its weights are not on this machine (offline)."""
+    from pathlib import Path
+
+    # Only use weights already in the torch hub cache: a download attempt on an offline machine can hang.
+    if not (Path(torch.hub.get_dir()) / "checkpoints" / "vgg16-397923af.pth").is_file():
+        return None
     try:
         from torchmetrics.functional.image.lpips import learned_perceptual_image_patch_similarity
 

@@ -1,5 +1,8 @@
 """The mixture of NeRF experts: filtering, gating, sparse dispatch, blending and rendering.
 
+On CPU the samples come from the pure-torch sampler of :mod:`boost_nerf.render` (dense ``[rays, samples]``); on a
+GPU with usable CUDA kernels from nerfacc's ``OccGridEstimator`` (packed samples), fed the same occupancy grid.
+
 Per batch of rays: sample points in the box, drop points in empty occupancy cells, drop points whose alpha/weight
 under the finest expert is below ``fast_color_thres``; the gate scores the remaining points, each expert evaluates
 only the points routed to it, and radiance and alpha are blended with the gate weights before compositing.
@@ -10,7 +13,8 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from nerfacc import render_weight_from_alpha
+from nerfacc import accumulate_along_rays, render_weight_from_alpha
+from reprokit.devices import cuda_kernels_available
 from torch import nn
 
 from boost_nerf.encoding import act_shift_for, raw_to_alpha
@@ -134,6 +138,45 @@ class BoostNeRF(nn.Module):
         weights, _ = render_weight_from_alpha(dense)
         return (alpha > self.fast_color_thres) & (weights.view(-1)[flat] > self.fast_color_thres)
 
+    def _blend(self, x: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Radiance ``[P, 3]``, alpha ``[P]``, gate probabilities ``[P, M]`` and counts ``[M]`` at kept points."""
+        if self.mode == "single":
+            rgb_p, raw = self.experts[0](x, d)
+            alpha_p = raw_to_alpha(raw, self.act_shift, self.interval)
+            return rgb_p, alpha_p, x.new_zeros(len(x), 0), torch.tensor([len(x)], device=x.device)
+        probs = torch.softmax(self.gate(x, d), -1)
+        if self.mode == "topk":
+            weights, index = top_k_routing(probs, self.top_k)
+        else:
+            weights, index = probs, None
+        rgb_p, alpha_p, counts = dispatch(self.experts, x, d, weights, index, self.act_shift, self.interval)
+        return rgb_p, alpha_p, probs, counts
+
+    def _render_packed(self, origins: torch.Tensor, dirs: torch.Tensor, stratified: bool) -> dict[str, torch.Tensor]:
+        """GPU path: nerfacc's OccGridEstimator samples (packed), the same filter, blend and compositing."""
+        import nerfacc
+
+        if getattr(self, "_estimator", None) is None:
+            # Kept out of the state dict: the grid is rebuilt from ``occupancy``, so CPU and GPU checkpoints agree.
+            estimator = nerfacc.OccGridEstimator(self.aabb, self.occupancy.shape[0], levels=1).to(origins.device)
+            object.__setattr__(self, "_estimator", estimator)
+        est = self._estimator
+        est.binaries.copy_(self.occupancy[None])  # both index cells as [x, y, z]
+        ray_idx, t0, t1 = est.sampling(origins, dirs, render_step_size=self.step, stratified=stratified)
+        n_rays = len(origins)
+        x = origins[ray_idx] + ((t0 + t1) / 2)[:, None] * dirs[ray_idx]
+        with torch.no_grad():
+            alpha_f = raw_to_alpha(self.experts[self.finest].density(x), self.act_shift, self.interval)
+            w_f, _ = render_weight_from_alpha(alpha_f, ray_indices=ray_idx, n_rays=n_rays)
+            keep = (alpha_f > self.fast_color_thres) & (w_f > self.fast_color_thres)
+        ray_idx, x = ray_idx[keep], x[keep]
+        rgb_p, alpha_p, probs, counts = self._blend(x, dirs[ray_idx])
+        weights, _ = render_weight_from_alpha(alpha_p, ray_indices=ray_idx, n_rays=n_rays)
+        rgb = accumulate_along_rays(weights, rgb_p, ray_indices=ray_idx, n_rays=n_rays)
+        opacity = accumulate_along_rays(weights, None, ray_indices=ray_idx, n_rays=n_rays)[:, 0]
+        rgb = rgb + (1 - opacity[:, None]) * self.background
+        return {"rgb": rgb, "opacity": opacity, "probs": probs, "counts": counts, "points": torch.tensor(len(x))}
+
     def render_rays(
         self, origins: torch.Tensor, dirs: torch.Tensor, jitter: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
@@ -148,6 +191,8 @@ class BoostNeRF(nn.Module):
             ``rgb`` ``[R, 3]``, ``opacity`` ``[R]``, ``probs`` ``[P, M]`` gate probabilities of the evaluated points
             (empty in single mode), ``counts`` ``[M]`` points per expert, ``points`` the number of evaluated points.
         """
+        if origins.is_cuda and cuda_kernels_available():
+            return self._render_packed(origins, dirs, stratified=jitter is not None)
         aabb = self.aabb.to(origins.device)
         t, valid = sample_along_rays(origins, dirs, aabb, self.step, jitter)
         shape = (t.shape[0], t.shape[1])
@@ -159,18 +204,7 @@ class BoostNeRF(nn.Module):
         keep = self._keep(x, flat, shape)
         flat, x = flat[keep], x[keep]
         d = dirs[:, None, :].expand_as(pts).reshape(-1, 3)[flat]
-        if self.mode == "single":
-            rgb_p, raw = self.experts[0](x, d)
-            alpha_p = raw_to_alpha(raw, self.act_shift, self.interval)
-            probs = x.new_zeros(len(x), 0)
-            counts = torch.tensor([len(x)], device=x.device)
-        else:
-            probs = torch.softmax(self.gate(x, d), -1)
-            if self.mode == "topk":
-                weights, index = top_k_routing(probs, self.top_k)
-            else:
-                weights, index = probs, None
-            rgb_p, alpha_p, counts = dispatch(self.experts, x, d, weights, index, self.act_shift, self.interval)
+        rgb_p, alpha_p, probs, counts = self._blend(x, d)
         n = shape[0] * shape[1]
         alphas = alpha_p.new_zeros(n).index_copy(0, flat, alpha_p).view(shape)
         rgbs = rgb_p.new_zeros(n, 3).index_copy(0, flat, rgb_p).view(*shape, 3)
