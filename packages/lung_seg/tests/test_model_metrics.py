@@ -125,3 +125,12 @@ def test_augment_rotation_keeps_image_and_mask_aligned():
     assert (inter / union).min() > 0.85
     torch.testing.assert_close(out_mask.flatten(1).sum(1), mask.flatten(1).sum(1), rtol=0.15, atol=0)
     assert set(out_mask.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_output_prior_sets_the_last_bias():
+    from lung_seg.model import MonaiUNet, init_output_prior
+
+    for net in (UNet(base_channels=2, depth=2), MonaiUNet((2, 4, 8), num_res_units=0)):
+        init_output_prior(net, 0.01)
+        last = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.ConvTranspose2d)][-1]
+        assert torch.sigmoid(last.bias).item() == pytest.approx(0.01)

@@ -62,7 +62,9 @@ def _read_curves(log_dir: str) -> dict[str, list[tuple[int, float]]]:
     return {k: [(e, statistics.fmean(v)) for e, v in sorted(d.items())] for k, d in curves.items()}
 
 
-def _evaluate_scans(model, folders: list[Path], center: float, width: float) -> tuple[list, list, dict]:
+def _evaluate_scans(
+    model, folders: list[Path], center: float, width: float, device: str = "cpu"
+) -> tuple[list, list, dict]:
     """Whole-scan inference of ``model`` and of the baseline on every test scan; per-nodule scores of both."""
     scores: dict[str, list[NoduleScores]] = {"model": [], "threshold": []}
     slice_scores: dict[str, list[torch.Tensor]] = {"model": [], "threshold": []}
@@ -71,7 +73,7 @@ def _evaluate_scans(model, folders: list[Path], center: float, width: float) -> 
         hu, geometry, ordered = read_series_dir(folder)
         truth = read_mask(folder, geometry, ordered, hu.shape)
         image = window(hu, center, width, bits=8)
-        pred = (predict_volume(model, image) > 0.5).astype(np.uint8)
+        pred = (predict_volume(model, image, device=device) > 0.5).astype(np.uint8)
         pred = remove_small_components(pred, geometry.spacing, MIN_DIAMETER_MM)
         base = threshold_segment(hu, geometry.spacing)
         nodule_slices = truth.reshape(len(truth), -1).any(1)
@@ -136,13 +138,14 @@ def run(scale: str, quick: bool, out: Path, data_dir: Path | None = None, seeds:
         module, datamodule = cli.model, cli.datamodule
         if result["ckpt"]:
             module.load_state_dict(torch.load(result["ckpt"], map_location="cpu", weights_only=True)["state_dict"])
-        module.eval().cpu()
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        module.eval().to(device)
         curves[name] = _read_curves(result["log_dir"])
         root = datamodule._root()
         folders = [root / n for n in datamodule.names["test"]]
         h = datamodule.hparams
         infer_start = time.perf_counter()
-        model_scores, base_scores, extra = _evaluate_scans(module, folders, h.window_center, h.window_width)
+        model_scores, base_scores, extra = _evaluate_scans(module, folders, h.window_center, h.window_width, device)
         infer_s = time.perf_counter() - infer_start
         baseline_scores = baseline_scores or (base_scores, extra["threshold_slice_dice"])
         examples[name] = extra["examples"]
