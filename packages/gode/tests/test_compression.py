@@ -115,3 +115,35 @@ def test_compressed_is_smaller_than_float32_ply(tmp_path):
     raw = {k: v.detach() for k, v in g.raw().items()}
     sizes = encode(raw, torch.zeros(2000, dtype=torch.long), 1, 2, tmp_path)
     assert sizes[-1] < raw_float32_ply_bytes(2000, 2) / 3
+
+
+def test_decode_cli_reports_and_renders(tmp_path, capsys):
+    import json
+
+    import pytest
+    from gode.cli import main
+    from reprokit.scenes import BLENDER_CAMERA_ANGLE_X, orbit_poses, write_blender_split
+
+    g, level_of = _leveled_model(n=200, seed=7)
+    encode({k: v.detach() for k, v in g.raw().items()}, level_of, 3, 2, tmp_path / "bits", dictionaries="off")
+    write_blender_split(
+        tmp_path / "scene", "test", torch.rand(1, 16, 16, 4), orbit_poses(1, 4.0), BLENDER_CAMERA_ANGLE_X
+    )
+    main(
+        [
+            "decode",
+            str(tmp_path / "bits"),
+            "--level",
+            "1",
+            "--scene",
+            str(tmp_path / "scene"),
+            "--out",
+            str(tmp_path / "r.png"),
+        ]
+    )
+    report = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert report["decoded_gaussians"] == int(((level_of >= 0) & (level_of <= 1)).sum())
+    assert (tmp_path / "r.png").is_file()
+    with pytest.raises(SystemExit) as exc:
+        main(["decode", str(tmp_path / "nothing")])
+    assert exc.value.code == 2

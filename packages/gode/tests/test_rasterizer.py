@@ -161,3 +161,23 @@ def test_cpu_path_matches_gsplat_cuda():
     cpu = rasterize(means, quats, scales, opacities, coeffs, viewmat, K, 26, 21, background=bg, use_cuda=False)
     torch.testing.assert_close(cpu.rgb, gpu.rgb, atol=2e-3, rtol=0)
     torch.testing.assert_close(cpu.alpha, gpu.alpha, atol=2e-3, rtol=0)
+
+
+def test_cpu_path_never_loads_gsplat_cuda_backend():
+    # gsplat JIT-builds its CUDA extension when gsplat.cuda._backend is imported; the CPU path must never get there.
+    import subprocess
+    import sys
+
+    code = """
+import sys, torch
+from gode.rasterizer import rasterize
+viewmat = torch.eye(4)
+viewmat[2, 3] = 3.0
+K = torch.tensor([[8.0, 0, 4], [0, 8.0, 4], [0, 0, 1]])
+quats = torch.tensor([[1.0, 0, 0, 0]])
+out = rasterize(torch.zeros(1, 3), quats, torch.full((1, 3), 0.2), torch.full((1,), 0.5), torch.zeros(1, 1, 3),
+                viewmat, K, 8, 8, use_cuda=False)
+assert out.alpha.max() > 0
+assert "gsplat.cuda._backend" not in sys.modules
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)

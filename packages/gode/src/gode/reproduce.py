@@ -50,6 +50,10 @@ QUICK = [
     "--model.init_args.refine_stop=50",
     "--model.init_args.refine_every=12",
     "--trainer.max_epochs=8",
+    # an even shorter schedule: twice the CPU config's learning rates
+    "--model.init_args.lr_means=0.00256",
+    "--model.init_args.lr_sh0=0.04",
+    "--model.init_args.lr_shN=0.002",
     # validation (and so the checkpoint) only at the last epoch
     "--trainer.check_val_every_n_epoch=8",
 ]
