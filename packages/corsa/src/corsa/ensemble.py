@@ -8,7 +8,7 @@ import torch
 
 
 def ensemble_probabilities(probs: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Mean of the fold models' class probabilities ``[N, C]`` (each ``[N, C]``)."""
+    """Mean of the fold models' predicted probabilities (each ``[N]`` or ``[N, C]``, all the same shape)."""
     if not probs:
         raise ValueError("need at least one model's predictions")
     return torch.stack(list(probs)).mean(0)
