@@ -29,6 +29,11 @@ def _rays() -> tuple[torch.Tensor, torch.Tensor]:
     return o.reshape(-1, 3)[:N_RAYS], d.reshape(-1, 3)[:N_RAYS]
 
 
+def _rss_mb() -> float:
+    with open("/proc/self/status") as handle:
+        return next(int(line.split()[1]) for line in handle if line.startswith("VmRSS:")) / 1024
+
+
 def _fitted_occupancy(model: BoostNeRF) -> None:
     # Empty-space skipping as after training: the ground-truth scene's occupied cells.
     from boost_nerf.render import cell_centers
@@ -59,16 +64,19 @@ def bench_backbones() -> dict:
                 model.render_rays(o, d)
 
         train, infer = time_fn(train_step, warmup=2, repeats=5), time_fn(render, warmup=1, repeats=5)
+        before = _rss_mb()
         with PeakMemory() as mem:
             train_step()
         out[backbone] = {
             "train_rays_per_s": N_RAYS / train.median_s,
             "render_rays_per_s": N_RAYS / infer.median_s,
             "peak_rss_mb_train_step": mem.peak_rss_mb,
+            "train_step_extra_mb_per_1k_rays": (mem.peak_rss_mb - before) * 1000 / N_RAYS,
         }
         print(
             f"{backbone:8s} train {out[backbone]['train_rays_per_s']:8.0f} rays/s   "
-            f"render {out[backbone]['render_rays_per_s']:8.0f} rays/s   peak RSS {mem.peak_rss_mb:.0f} MiB"
+            f"render {out[backbone]['render_rays_per_s']:8.0f} rays/s   "
+            f"step memory {mem.peak_rss_mb - before:.0f} MiB above the {before:.0f} MiB process"
         )
     for b in ("tensorf", "ngp"):
         out[b]["train_speed_vs_dvgo"] = out[b]["train_rays_per_s"] / out["dvgo"]["train_rays_per_s"]
