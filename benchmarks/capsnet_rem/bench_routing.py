@@ -76,8 +76,8 @@ def check_equal(ours: CapsNet, theirs: CapsNet, x: torch.Tensor, y: torch.Tensor
         (margin_loss(out.lengths, y) + 0.0005 * reconstruction_loss(out.reconstruction, x)).backward()
         outs.append(out)
         grads.append(net.primary.conv.weight.grad.clone())
-    diff_len = float((outs[0].lengths - outs[1].lengths).abs().max())
-    diff_c = float((outs[0].coupling - outs[1].coupling).abs().max())
+    diff_len = float((outs[0].lengths - outs[1].lengths).abs().max().detach())
+    diff_c = float((outs[0].coupling - outs[1].coupling).abs().max().detach())
     diff_g = float((grads[0] - grads[1]).abs().max() / grads[1].abs().max())
     return {"max_abs_diff_lengths": diff_len, "max_abs_diff_coupling": diff_c, "max_rel_diff_grad": diff_g}
 

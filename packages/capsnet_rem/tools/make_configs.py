@@ -194,6 +194,7 @@ def main() -> None:
                 primary_kernel=2,
                 class_dims=16,
                 routing_iterations=3,
+                bn_momentum=0.1,
             ),
         }
         callbacks = [early_stopping(200), checkpoint(best=variant == "baseline")]
@@ -233,6 +234,7 @@ def main() -> None:
                         primary_kernel=None,
                         class_dims=16,
                         routing_iterations=3,
+                        bn_momentum=0.1,
                     ),
                 }
                 cfg = {
@@ -290,6 +292,7 @@ def cpu() -> None:
             primary_kernel=None,
             class_dims=16,
             routing_iterations=3,
+            bn_momentum=0.1,
         ),
     }
     cfg = {

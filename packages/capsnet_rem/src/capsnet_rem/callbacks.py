@@ -69,12 +69,15 @@ class REMPruning(pl.Callback):
 
     @torch.no_grad()
     def _val_margin_loss(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> float:
-        """Margin loss over the whole validation set (every DDP rank sees all of it, so all pick one threshold)."""
+        """Margin loss over the validation batches (every DDP rank sees all of them, so all pick one threshold)."""
         net = self._net(pl_module)
         total, n = 0.0, 0
         dm = trainer.datamodule
         prepare = getattr(dm, "prepare_batch", None)
-        for x, y in dm.val_dataloader():
+        limit = trainer.num_val_batches[0] if trainer.num_val_batches else float("inf")
+        for k, (x, y) in enumerate(dm.val_dataloader()):
+            if k >= limit:  # the batches Lightning validates on (limit_val_batches)
+                break
             x, y = x.to(pl_module.device), y.to(pl_module.device)
             if prepare is not None:
                 x = prepare(x, train=False)

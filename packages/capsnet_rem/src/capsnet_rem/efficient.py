@@ -263,6 +263,7 @@ class BackboneCapsNet(nn.Module):
         primary_kernel: Primary capsule kernel (None: the whole feature map, one capsule per type).
         class_dims: Class capsule dimensions.
         routing_iterations: Routing iterations.
+        bn_momentum: BatchNorm momentum of the backbone (None: cumulative average, for runs of a few steps).
     """
 
     def __init__(
@@ -282,6 +283,7 @@ class BackboneCapsNet(nn.Module):
         primary_kernel: int | None = None,
         class_dims: int = 16,
         routing_iterations: int = 3,
+        bn_momentum: float | None = 0.1,
     ):
         super().__init__()
         self.in_shape = tuple(in_shape)
@@ -297,6 +299,9 @@ class BackboneCapsNet(nn.Module):
                 {k[len("net.backbone.") :]: v for k, v in state.items() if k.startswith("net.backbone.")}
             )
         self.backbone, self.keep_ratio, self.flops_reached = prune_to_flops(body, prune, flops_ratio, self.in_shape)
+        for m in self.backbone.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.momentum = bn_momentum
         self.freeze_backbone = freeze_backbone
         if freeze_backbone:
             self.backbone.requires_grad_(False)
