@@ -117,8 +117,9 @@ def run_one(config: Path, overrides: list[str], out: Path, name: str, scale: str
             metrics[f"gode.L{level}.{key}"] = row[key]
 
     # --- baselines at the same counts
-    # Quick: the top level only; full: the first, middle and top levels (each is a full training run).
-    separate_levels = [num_levels - 1] if quick else sorted({0, num_levels // 2, num_levels - 1})
+    # Quick: the top level only; full: the top, middle and first levels (each is a full training run). The top comes
+    # first: the claims and the pruning baselines need it.
+    separate_levels = [num_levels - 1] if quick else sorted({0, num_levels // 2, num_levels - 1}, reverse=True)
     top_model = None
     for level in separate_levels:
         count = counts[level]
