@@ -29,9 +29,22 @@ def _rays() -> tuple[torch.Tensor, torch.Tensor]:
     return o.reshape(-1, 3)[:N_RAYS], d.reshape(-1, 3)[:N_RAYS]
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/status") as handle:
-        return next(int(line.split()[1]) for line in handle if line.startswith("VmRSS:")) / 1024
+def _saved_for_backward_mb(fn) -> float:
+    """MiB of tensors autograd keeps for the backward pass of ``fn()`` (the activation memory of one batch).
+
+    RSS cannot show this on CPU: the allocator reuses memory freed by earlier steps, so the high-water mark does not
+    move. Tensors saved twice are counted twice (an upper bound).
+    """
+    total = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return total / 2**20
 
 
 def _fitted_occupancy(model: BoostNeRF) -> None:
@@ -64,19 +77,19 @@ def bench_backbones() -> dict:
                 model.render_rays(o, d)
 
         train, infer = time_fn(train_step, warmup=2, repeats=5), time_fn(render, warmup=1, repeats=5)
-        before = _rss_mb()
         with PeakMemory() as mem:
             train_step()
+        saved_mb = _saved_for_backward_mb(lambda model=model: model.render_rays(o, d, torch.rand(len(o))))
         out[backbone] = {
             "train_rays_per_s": N_RAYS / train.median_s,
             "render_rays_per_s": N_RAYS / infer.median_s,
             "peak_rss_mb_train_step": mem.peak_rss_mb,
-            "train_step_extra_mb_per_1k_rays": (mem.peak_rss_mb - before) * 1000 / N_RAYS,
+            "saved_for_backward_mb_per_batch": saved_mb,
         }
         print(
             f"{backbone:8s} train {out[backbone]['train_rays_per_s']:8.0f} rays/s   "
             f"render {out[backbone]['render_rays_per_s']:8.0f} rays/s   "
-            f"step memory {mem.peak_rss_mb - before:.0f} MiB above the {before:.0f} MiB process"
+            f"activations {saved_mb:.1f} MiB per {N_RAYS} rays (process peak {mem.peak_rss_mb:.0f} MiB)"
         )
     for b in ("tensorf", "ngp"):
         out[b]["train_speed_vs_dvgo"] = out[b]["train_rays_per_s"] / out["dvgo"]["train_rays_per_s"]
