@@ -14,6 +14,14 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_caches(tmp_path_factory):
+    """Package caches (generated phantoms, rendered scenes) live in one temp folder per test session."""
+    root = tmp_path_factory.mktemp("caches")
+    for var in ("LUNG_SEG_CACHE",):
+        os.environ.setdefault(var, str(root / var.lower()))
+
+
 @pytest.fixture(autouse=True)
 def _isolated_runs(tmp_path, monkeypatch):
     """Every test writes runs/ and results/ under its own temp folder, never into the checkout."""
