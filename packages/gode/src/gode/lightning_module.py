@@ -26,6 +26,10 @@ def _decay(step: int, total: int, final_ratio: float) -> float:
     return mcmc.means_lr(step, 1.0, final_ratio, total)
 
 
+def _constant(step: int) -> float:
+    return 1.0
+
+
 class GoDeModule(pl.LightningModule):
     """A 3DGS-MCMC scene with GoDe's progressive levels of detail.
 
@@ -292,6 +296,5 @@ class GoDeModule(pl.LightningModule):
         ]
         optimizer = torch.optim.Adam(groups, eps=1e-15)
         means_decay = functools.partial(_decay, total=hp.schedule_steps, final_ratio=hp.lr_means_final_ratio)
-        constant = functools.partial(_decay, total=1, final_ratio=1.0)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [means_decay] + [constant] * 5)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [means_decay] + [_constant] * 5)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -75,7 +75,9 @@ def _mb(nbytes: int) -> float:
     return nbytes / 1e6
 
 
-def run_one(config: Path, overrides: list[str], out: Path, name: str, scale: str, quick: bool, data: dict) -> None:
+def run_one(
+    config: Path, overrides: list[str], out: Path, name: str, scale: str, quick: bool, data: dict, seed: int
+) -> None:
     """The whole protocol for one scene config, results named ``name``."""
     start = time.perf_counter()
     gode_run = _fit(config, f"{name}-{scale_name(scale, quick)}-gode", overrides)
@@ -215,7 +217,7 @@ def run_one(config: Path, overrides: list[str], out: Path, name: str, scale: str
         columns=columns,
         title=f"GoDe level-of-detail ladder ({scale_key})",
         notes=notes,
-        meta=run_metadata(seed=hp.get("seed", None), config=str(config), wall_time_s=wall, overrides=overrides),
+        meta=run_metadata(seed=seed, config=str(config), wall_time_s=wall, overrides=overrides),
     )
     _plot_curve(rows, out / f"{name}_psnr_vs_mb.png", data)
     _plot_strip(module, views, out / f"{name}_levels.png", data)
@@ -273,10 +275,10 @@ def run(scale: str, quick: bool, out: Path, data_dir: Path | None = None, seeds:
             root = Path(data_dir) / folder if data_dir else None
             overrides = [*common, f"--data.init_args.data_dir={root}"] if root else common
             data = data_info("real", stem, root)
-            run_one(configs / "paper" / f"{stem}.yaml", overrides, out, name, scale, quick, data)
+            run_one(configs / "paper" / f"{stem}.yaml", overrides, out, name, scale, quick, data, seed)
     else:
         overrides = [*common, *(QUICK if quick else [])]
         data = data_info("offline", "procedural Blender-format scene (reprokit.scenes, seed 0)")
-        run_one(configs / "cpu" / "gode.yaml", overrides, out, "ladder", scale, quick, data)
+        run_one(configs / "cpu" / "gode.yaml", overrides, out, "ladder", scale, quick, data, seed)
     print(json.dumps({"results": str(out)}))
     print_check(out, package_path(PAPER, "expected"))
