@@ -36,6 +36,20 @@ def test_lost_keeps_only_the_seed_component():
     assert not bool(comp[0, 6, 6]) and int(comp.sum()) == 4
 
 
+def test_centering_makes_lost_work_on_non_negative_features():
+    g = torch.Generator().manual_seed(2)
+    h, w, d = 6, 6, 12
+    feats = torch.zeros(h, w, d)
+    feats[..., :6] = 1.0 + 0.05 * torch.rand(h, w, 6, generator=g)  # background channels (post-ReLU: >= 0)
+    feats[3:5, 0:3, :6] = 0.2  # weak background response: all raw dot products stay positive
+    feats[3:5, 0:3, 6:] = 1.0  # object patches use other channels
+    flat = feats.view(1, h * w, d)
+    raw_boxes, _, _ = lost(flat, (h, w), k=4, center=False)
+    assert raw_boxes[0].tolist() == [0, 0, 6, 6]  # every dot product >= 0: the whole image
+    boxes, _, _ = lost(flat, (h, w), k=4)
+    assert boxes[0].tolist() == [0, 3, 3, 5]
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_connected_component_matches_scipy(seed):
     rng = np.random.default_rng(seed)

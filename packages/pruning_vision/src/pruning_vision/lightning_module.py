@@ -56,6 +56,7 @@ class PrunableClassifier(pl.LightningModule):
         attribution_images: Images per test run scored for attribution (the first ones; -1: all).
         ig_steps: Integrated-Gradients steps.
         lost_k: Lowest-degree patches considered by LOST's seed expansion.
+        lost_center: Centre each image's patch features before LOST's similarity graph (see :func:`lost`).
         distortions: ``name -> level`` of the distortions scored in ``test`` (``null`` level where it has none).
         backbone_kwargs: Extra arguments of the backbone (widths, depth, ...).
     """
@@ -79,6 +80,7 @@ class PrunableClassifier(pl.LightningModule):
         attribution_images: int = 128,
         ig_steps: int = 16,
         lost_k: int = 10,
+        lost_center: bool = True,
         distortions: dict[str, float | None] | None = None,
         backbone_kwargs: dict | None = None,
     ):
@@ -176,7 +178,7 @@ class PrunableClassifier(pl.LightningModule):
         # Object discovery on every masked image: LOST on the backbone's patch features.
         with torch.no_grad():
             feats, grid = self.backbone.patch_features(self._prep(x[masked]))
-        boxes, _, _ = lost(feats, grid, self.hparams.lost_k)
+        boxes, _, _ = lost(feats, grid, self.hparams.lost_k, self.hparams.lost_center)
         self.corloc(patch_boxes_to_pixels(boxes, grid, tuple(x.shape[-2:])), batch["boxes"][masked])
         self.log("test/corloc", self.corloc)
         # Attribution on the first `attribution_images` masked images, explaining the predicted class.

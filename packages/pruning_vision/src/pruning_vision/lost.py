@@ -38,7 +38,7 @@ def connected_component(mask: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
 
 
 def lost(
-    features: torch.Tensor, grid: tuple[int, int], k: int = 100
+    features: torch.Tensor, grid: tuple[int, int], k: int = 100, center: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """LOST on a batch of patch features.
 
@@ -46,6 +46,9 @@ def lost(
         features: ``[B, N, D]`` patch features, ``N = h * w`` in row-major order.
         grid: ``(h, w)``.
         k: Number of lowest-degree patches considered for seed expansion (capped at ``N``).
+        center: Subtract each image's mean feature first. Post-ReLU CNN features are non-negative, so their raw dot
+            products are all positive, every patch has full degree and the graph says nothing; centred, the
+            similarity is a covariance and "positively correlated" means what LOST intends.
 
     Returns:
         Boxes ``[B, 4]`` as ``(x0, y0, x1, y1)`` in patch units (``x1``, ``y1`` exclusive), seeds ``[B]`` (flat
@@ -56,6 +59,8 @@ def lost(
     if n != h * w:
         raise ValueError(f"{n} features do not fill a {h}x{w} grid")
     f = features.float()
+    if center:
+        f = f - f.mean(1, keepdim=True)
     sim = f @ f.transpose(1, 2)  # [B, N, N]
     degree = (sim > 0).sum(-1)  # [B, N]
     seed = degree.argmin(-1)  # ties: lowest index, as torch.argmin
