@@ -7,6 +7,7 @@ class-weighted cross-entropy plus ``lambda * FairKL`` on the 128-d embedding (se
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 import torch
@@ -101,9 +102,7 @@ def load_xrv_densenet(encoder: TorchvisionEncoder, weights: str = "densenet121-r
     import torchxrayvision as xrv
 
     url = xrv.models.model_urls[weights]["weights_url"]
-    path = xrv.utils.get_cache_dir() + "/" + url.split("/")[-1]
-    import os
-
+    path = os.path.join(xrv.utils.get_cache_dir(), url.split("/")[-1])
     if not os.path.isfile(path):
         raise FileNotFoundError(f"torchxrayvision weights {weights} not found at {path}; download them from {url}")
     state = torch.load(path, map_location="cpu", weights_only=False)
