@@ -52,7 +52,7 @@ class Settings:
     guidance: float = 2.0
 
 
-QUICK = Settings(1, 1, 20, 1, 8, 1, 1, (0, 1), (-5.0, -30.0), (0.98, 0.995), 1, steps=10)
+QUICK = Settings(1, 1, 20, 1, 4, 1, 1, (0,), (-30.0,), (0.98, 0.995), 1, steps=8)
 FULL = Settings(
     4, 32, 100, 4, 5, 6, 8, tuple(range(len(OBJECTS))), (-1.0, -5.0, -15.0, -30.0), (0.95, 0.98, 0.99, 0.995), 2
 )
