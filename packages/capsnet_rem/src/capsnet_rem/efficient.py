@@ -263,7 +263,7 @@ class BackboneCapsNet(nn.Module):
         primary_kernel: Primary capsule kernel (None: the whole feature map, one capsule per type).
         class_dims: Class capsule dimensions.
         routing_iterations: Routing iterations.
-        bn_momentum: BatchNorm momentum of the backbone (None: cumulative average, for runs of a few steps).
+        bn_momentum: BatchNorm momentum of the backbone (larger for runs of a few steps; None: cumulative average).
     """
 
     def __init__(
