@@ -20,7 +20,6 @@ import pytorch_lightning as pl
 import torch
 from reprokit.cli import runs_root
 from reprokit.data import make_loader, require_dataset, split_indices
-from torch.nn import functional as F
 from torch.utils.data import Dataset
 
 from medsae.encoder import (
@@ -380,8 +379,3 @@ def _chunked_stats(store: ActivationStore, rows: torch.Tensor, chunk: int = 6553
     mean = s1 / n
     var = s2 / n - mean.pow(2).sum()
     return mean.float(), float((d / var).sqrt())
-
-
-def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Bilinear resize of ``[N, C, H, W]`` images to ``size`` squared (used for galleries)."""
-    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)

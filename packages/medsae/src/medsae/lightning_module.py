@@ -136,11 +136,7 @@ class SAEModule(pl.LightningModule):
         if self.trainer.world_size > 1:
             x = self.all_gather(x).reshape(-1, x.shape[-1])
         gen = torch.Generator().manual_seed(1_000_003 * self.hparams.sae_seed + step)
-        idx = (
-            resample_dead(self.sae, dead, x.cpu(), gen)
-            if x.device.type == "cpu"
-            else resample_dead(self.sae, dead, x, gen)
-        )
+        idx = resample_dead(self.sae, dead, x, gen)
         self.steps_since_fired[idx] = 0
         # Adam's running moments of the re-initialised rows would drag them back: reset them.
         opt = self.optimizers().optimizer

@@ -324,7 +324,8 @@ def resample_dead(
     x_hat, _ = sae(x)
     err = (x - x_hat).pow(2).sum(-1).double()
     probs = err / err.sum() if err.sum() > 0 else torch.full_like(err, 1 / len(err))
-    picks = torch.multinomial(probs, len(idx), replacement=True, generator=generator)
+    # draws on the CPU generator the caller seeded, so every process picks the same inputs on any device
+    picks = torch.multinomial(probs.cpu(), len(idx), replacement=True, generator=generator).to(x.device)
     directions = x[picks] - (sae.b_dec if sae.subtract_b_dec else 0)
     directions = directions / directions.norm(dim=1, keepdim=True).clamp_min(1e-12)
     alive = ~dead
