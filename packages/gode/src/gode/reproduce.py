@@ -93,11 +93,12 @@ def run_one(
     raw = {k: v.detach() for k, v in module.gaussians.raw().items()}
     level_bytes = encode(raw, module.level_of, num_levels, hp.sh_degree, stream_dir)
     max_diff = 0.0
-    for level in range(num_levels):
-        decoded, _, _ = decode(stream_dir, level)
-        ours = module.render(views[0], level)
-        theirs = module.render_params(activate(decoded), views[0])
-        max_diff = max(max_diff, float((ours.rgb - theirs.rgb).abs().max()))
+    with torch.no_grad():
+        for level in range(num_levels):
+            decoded, _, _ = decode(stream_dir, level)
+            ours = module.render(views[0], level)
+            theirs = module.render_params(activate(decoded), views[0])
+            max_diff = max(max_diff, float((ours.rgb - theirs.rgb).abs().max()))
 
     rows, metrics = [], {}
     for level in range(num_levels):
