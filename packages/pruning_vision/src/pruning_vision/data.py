@@ -143,7 +143,7 @@ class ImageFolderItems(Dataset):
     Args:
         root: Folder with one sub-folder per class.
         size: Output side length.
-        flip: Mirror odd... every image whose ``hash(seed, index)`` is odd (a fixed, index-seeded augmentation).
+        flip: Mirror the images picked by a coin seeded with ``(seed, index)`` (a fixed, index-seeded augmentation).
         seed: Seed of the flips.
     """
 

@@ -122,6 +122,7 @@ def plot(arch: str, per_seed: dict[int, list[dict]], out: Path, label: str) -> P
         ax.set(title=title, xlabel="sparsity (%)")
         if len(names) > 1:
             ax.legend(fontsize=6 if len(names) > 4 else 7, ncol=2 if len(names) > 4 else 1)
+    fig.subplots_adjust(hspace=0.45)
     fig.suptitle(f"{arch} — {label} (★ sweet spot, seed mean ± std over {len(seeds)} seed(s))", fontsize=10)
     return save_png(fig, out / f"sweep_{arch}.png")
 
