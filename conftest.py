@@ -18,7 +18,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 def _session_caches(tmp_path_factory):
     """Package caches (generated phantoms, rendered scenes) live in one temp folder per test session."""
     root = tmp_path_factory.mktemp("caches")
-    for var in ("LUNG_SEG_CACHE",):
+    for var in ("LUNG_SEG_CACHE", "REPROKIT_CACHE"):
         os.environ.setdefault(var, str(root / var.lower()))
 
 

@@ -78,3 +78,21 @@ def test_offline_datasets_are_real_digits():
     assert len(train) + len(val) + len(test) == 1797
     with pytest.raises(ValueError, match="unknown offline dataset"):
         offline_splits("imagenet")
+
+
+def test_split_loaders_mixin_reads_hparams():
+    import pytorch_lightning as pl
+    from reprokit.data import SplitLoadersMixin
+
+    class DM(SplitLoadersMixin, pl.LightningDataModule):
+        def __init__(self, batch_size=4, eval_batch_size=10, split_seed=3):
+            super().__init__()
+            self.save_hyperparameters()
+            self.train_set = self.val_set = self.test_set = torch.utils.data.TensorDataset(torch.arange(20))
+
+    dm = DM()
+    train, val = dm.train_dataloader(), dm.val_dataloader()
+    assert train.batch_size == 4 and val.batch_size == 10
+    assert torch.equal(torch.cat([b[0] for b in val]), torch.arange(20))
+    expected = torch.cat([b[0] for b in make_loader(dm.train_set, 4, shuffle=True, seed=3)])
+    assert torch.equal(torch.cat([b[0] for b in train]), expected)

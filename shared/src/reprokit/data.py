@@ -142,6 +142,36 @@ def make_loader(
     )
 
 
+class SplitLoadersMixin:
+    """``train/val/test_dataloader`` for a LightningDataModule that sets ``train_set``, ``val_set``, ``test_set``.
+
+    Reads ``batch_size`` and, when present, ``eval_batch_size`` (default: ``batch_size``), ``num_workers`` (0) and
+    the shuffling seed ``split_seed`` or ``seed`` (0) from ``self.hparams`` (``save_hyperparameters()``).
+    """
+
+    def _split_loader(self, dataset: Dataset, train: bool) -> DataLoader:
+        h = self.hparams  # type: ignore[attr-defined]
+        return make_loader(
+            dataset,
+            h["batch_size"] if train else h.get("eval_batch_size", h["batch_size"]),
+            shuffle=train,
+            seed=h.get("split_seed", h.get("seed", 0)),
+            num_workers=h.get("num_workers", 0),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled by (seed, epoch)."""
+        return self._split_loader(self.train_set, True)  # type: ignore[attr-defined]
+
+    def val_dataloader(self) -> DataLoader:
+        """In order."""
+        return self._split_loader(self.val_set, False)  # type: ignore[attr-defined]
+
+    def test_dataloader(self) -> DataLoader:
+        """In order."""
+        return self._split_loader(self.test_set, False)  # type: ignore[attr-defined]
+
+
 # --------------------------------------------------------------------------------------------- offline real datasets
 class TensorImageDataset(Dataset):
     """Images ``[N, C, H, W]`` (float in [0, 1]) with integer labels ``[N]`` and an optional transform."""

@@ -15,7 +15,7 @@ from typing import Literal
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from reprokit.data import load_mnist5k, make_loader, require_dataset, stratified_split_indices
+from reprokit.data import SplitLoadersMixin, load_mnist5k, require_dataset, stratified_split_indices
 from torch.nn import functional as F
 from torch.utils.data import ConcatDataset, Dataset
 
@@ -247,7 +247,7 @@ class ModelVsHumanFolder(Dataset):
 
 
 # ---------------------------------------------------------------------------------------------------- datamodule
-class ObjectsDataModule(pl.LightningDataModule):
+class ObjectsDataModule(SplitLoadersMixin, pl.LightningDataModule):
     """Classification data whose test items carry object masks and boxes.
 
     Args:
@@ -301,22 +301,3 @@ class ObjectsDataModule(pl.LightningDataModule):
         self.train_set = ImageFolderItems(root / "imagenet" / "train", hp.image_size, flip=True, seed=hp.split_seed)
         self.val_set = ImageFolderItems(root / "imagenet" / "val", hp.image_size)
         self.test_set = ConcatDataset([self.val_set, VOCObjects(root, hp.image_size, "2012", "val")])
-
-    def train_dataloader(self):
-        return make_loader(
-            self.train_set,
-            self.hparams.batch_size,
-            shuffle=True,
-            seed=self.hparams.split_seed,
-            num_workers=self.hparams.num_workers,
-        )
-
-    def val_dataloader(self):
-        return make_loader(
-            self.val_set, self.hparams.eval_batch_size, shuffle=False, num_workers=self.hparams.num_workers
-        )
-
-    def test_dataloader(self):
-        return make_loader(
-            self.test_set, self.hparams.eval_batch_size, shuffle=False, num_workers=self.hparams.num_workers
-        )

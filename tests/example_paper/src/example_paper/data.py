@@ -8,7 +8,7 @@ from typing import Literal
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from reprokit.data import TensorImageDataset, make_loader, offline_splits, require_dataset, split_indices
+from reprokit.data import SplitLoadersMixin, TensorImageDataset, offline_splits, require_dataset, split_indices
 
 OPTDIGITS_HOW = "download optdigits.tra and optdigits.tes from https://archive.ics.uci.edu/dataset/80 into data_dir"
 
@@ -18,13 +18,14 @@ def _read_optdigits(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(table[:, :64] / 16.0).view(-1, 1, 8, 8), torch.from_numpy(table[:, 64].astype(np.int64))
 
 
-class DigitsDataModule(pl.LightningDataModule):
+class DigitsDataModule(SplitLoadersMixin, pl.LightningDataModule):
     """8x8 digits.
 
     Args:
         source: ``"offline"`` (sklearn's bundled digits, the CPU-scale analogue) or ``"real"`` (UCI optdigits files).
         data_dir: Folder with ``optdigits.tra`` and ``optdigits.tes`` (``source="real"``).
-        batch_size: Batch size.
+        batch_size: Training batch size.
+        eval_batch_size: Validation/test batch size.
         split_seed: Seed of the fixed train/val/test split (not the training seed).
         num_workers: DataLoader workers.
     """
@@ -34,6 +35,7 @@ class DigitsDataModule(pl.LightningDataModule):
         source: Literal["offline", "real"] = "offline",
         data_dir: str | None = None,
         batch_size: int = 64,
+        eval_batch_size: int = 256,
         split_seed: int = 0,
         num_workers: int = 0,
     ):
@@ -64,18 +66,3 @@ class DigitsDataModule(pl.LightningDataModule):
             TensorImageDataset(x[val_idx], y[val_idx]),
         )
         self.test_set = TensorImageDataset(*_read_optdigits(self.root / "optdigits.tes"))
-
-    def train_dataloader(self):
-        return make_loader(
-            self.train_set,
-            self.hparams.batch_size,
-            shuffle=True,
-            seed=self.hparams.split_seed,
-            num_workers=self.hparams.num_workers,
-        )
-
-    def val_dataloader(self):
-        return make_loader(self.val_set, 256, shuffle=False, num_workers=self.hparams.num_workers)
-
-    def test_dataloader(self):
-        return make_loader(self.test_set, 256, shuffle=False, num_workers=self.hparams.num_workers)
