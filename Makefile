@@ -14,6 +14,7 @@ FULL ?=
 DATA_DIR ?=
 OUT ?=
 PYTEST_ARGS ?=
+JOBS ?= 2
 export WANDB_MODE ?= disabled
 export PYTHONUNBUFFERED := 1
 
@@ -23,7 +24,7 @@ help: ## List the targets
 	@echo "Usage: make <target> [VAR=value]"
 	@grep -hE '^[a-zA-Z_%-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  %-22s %s\n", $$1, $$2}'
 	@echo "Papers: $(if $(PACKAGES),$(PACKAGES),(none yet))"
-	@echo "Variables: SCALE=paper|cpu (reproduce-*), DATA_DIR=..., OUT=..., FULL=1 (demo), PYTEST_ARGS=..."
+	@echo "Variables: SCALE=paper|cpu (reproduce-*), DATA_DIR=..., OUT=..., FULL=1 (demo), JOBS=2, PYTEST_ARGS=..."
 
 install: $(STAMP) ## Create .venv and install shared/ and every package editable under constraints.txt (idempotent)
 
@@ -35,11 +36,11 @@ $(STAMP):
 		pytest pytest-xdist ruff hatchling $(addprefix -e ,$(PROJECTS))
 	@rm -f $(VENV)/.installed-*; touch $@
 
-test: install ## The fast suite (not slow, not gpu): unit tests, contract tests, CPU end-to-end runs
-	$(BIN)/pytest $(PYTEST_ARGS)
+test: install ## The fast suite (not slow, not gpu): unit tests, contract tests, CPU end-to-end runs (JOBS=2 workers)
+	$(BIN)/pytest -n $(JOBS) --durations=15 $(PYTEST_ARGS)
 
 test-slow: install ## Everything but GPU tests (adds cherry-pick installs into empty venvs, DDP for every package)
-	$(BIN)/pytest -m "not gpu" $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(JOBS) -m "not gpu" --durations=15 $(PYTEST_ARGS)
 
 lint: install ## ruff check over the whole repository
 	$(BIN)/ruff check .
