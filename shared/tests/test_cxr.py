@@ -1,9 +1,7 @@
 import numpy as np
 import pytest
+import reprokit.cxr as cxr  # needs the `cxr` extra (torchxrayvision); the repo test env has it
 import torch
-
-cxr = pytest.importorskip("reprokit.cxr")
-pytest.importorskip("torchxrayvision")
 
 
 def test_masks_are_real_two_lung_shapes():
