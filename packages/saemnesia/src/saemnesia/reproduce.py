@@ -10,6 +10,7 @@ and reported on another.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import statistics
@@ -152,8 +153,12 @@ def run(scale: str, quick: bool, out: Path, data_dir: Path | None = None, seeds:
         )
     settings = QUICK if quick else FULL
     key = scale_name(scale, quick)
-    cache = runs_root() / PAPER / "cache" / key
     cfg = package_path(PAPER, "configs") / "cpu"
+    # the cache is keyed on the settings and the configs, so editing either retrains instead of reusing stale models
+    digest = hashlib.sha256(repr(settings).encode())
+    for path in sorted(cfg.glob("*.yaml")):
+        digest.update(path.read_bytes())
+    cache = runs_root() / PAPER / "cache" / f"{key}-{digest.hexdigest()[:10]}"
     start = time.perf_counter()
     out = Path(out)
 
