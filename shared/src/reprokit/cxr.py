@@ -51,6 +51,25 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+#: The 14 CheXpert observations, in the column order of CheXpert's CSV files (the real-data path of corsa and
+#: medsae reads these columns).
+CHEXPERT_LABELS = (
+    "No Finding",
+    "Enlarged Cardiomediastinum",
+    "Cardiomegaly",
+    "Lung Opacity",
+    "Lung Lesion",
+    "Edema",
+    "Consolidation",
+    "Pneumonia",
+    "Atelectasis",
+    "Pneumothorax",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Fracture",
+    "Support Devices",
+)
+
 FINDINGS = (
     "consolidation",
     "nodule",

@@ -11,23 +11,7 @@ from dataclasses import dataclass
 
 from reprokit import cxr
 
-#: The 14 CheXpert observations, in the column order of CheXpert's CSV files.
-CHEXPERT_LABELS = (
-    "No Finding",
-    "Enlarged Cardiomediastinum",
-    "Cardiomegaly",
-    "Lung Opacity",
-    "Lung Lesion",
-    "Edema",
-    "Consolidation",
-    "Pneumonia",
-    "Atelectasis",
-    "Pneumothorax",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Fracture",
-    "Support Devices",
-)
+CHEXPERT_LABELS = cxr.CHEXPERT_LABELS  # the 14 observations in CheXpert's CSV column order
 
 #: child -> parent.
 CHEXPERT_CHILD_TO_PARENT = {

@@ -19,6 +19,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from reprokit.cli import runs_root
+from reprokit.cxr import CHEXPERT_LABELS
 from reprokit.data import make_loader, require_dataset, split_indices
 from torch.utils.data import Dataset
 
@@ -35,22 +36,6 @@ from medsae.encoder import (
     normalisation_stats,
 )
 
-CHEXPERT_LABELS = (
-    "No Finding",
-    "Enlarged Cardiomediastinum",
-    "Cardiomegaly",
-    "Lung Opacity",
-    "Lung Lesion",
-    "Edema",
-    "Consolidation",
-    "Pneumonia",
-    "Atelectasis",
-    "Pneumothorax",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Fracture",
-    "Support Devices",
-)
 CHEXPERT_HOW = (
     "request CheXpert-v1.0 (or CheXpert-v1.0-small) at https://stanfordmlgroup.github.io/competitions/chexpert/ "
     "(Stanford AIMI licence), unzip it and point data_dir at the folder holding train.csv and train/"
