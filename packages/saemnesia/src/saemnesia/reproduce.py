@@ -55,7 +55,7 @@ class Settings:
 
 QUICK = Settings(1, 1, 20, 1, 4, 1, 1, (0,), (-30.0,), (0.98, 0.995), 1, steps=8)
 FULL = Settings(
-    4, 32, 100, 4, 5, 6, 8, tuple(range(len(OBJECTS))), (-1.0, -5.0, -15.0, -30.0), (0.95, 0.98, 0.99, 0.995), 2
+    8, 32, 100, 4, 5, 30, 20, tuple(range(len(OBJECTS))), (-1.0, -5.0, -15.0, -30.0), (0.95, 0.98, 0.99, 0.995), 2
 )
 PAPER_SEARCH = {"multipliers": 7, "latent_subsets": 30}  # the paper's grids: {-1, -5, ..., -30} x 30 subsets
 
