@@ -7,7 +7,7 @@ from lung_seg.dicom import read_nifti, read_series_dir
 from lung_seg.inference import remove_small_components, segment_series
 from lung_seg.metrics import equivalent_diameter, score_nodules
 from lung_seg.phantom import PhantomConfig, make_scan, write_dataset
-from lung_seg.preprocess import Scan, patient_split, select_slices
+from lung_seg.preprocess import Scan, patient_split, select_slices, small_nodule_slices
 from reprokit.data import DatasetNotFoundError
 
 SMALL = PhantomConfig(matrix=48, slices=12, slice_mm=5.0, nodules=3)
@@ -29,6 +29,23 @@ def test_select_slices_keeps_nodule_slices_and_a_fraction_of_empty_ones():
     assert select_slices([scan], 0.0, 0) == [(0, 2), (0, 3), (0, 7)]
     pairs = select_slices([scan], 2 / 3, 0)  # 2 empty slices for 3 nodule slices
     assert len(pairs) == 5 and {(0, 2), (0, 3), (0, 7)} <= set(pairs)
+
+
+def test_small_nodule_slices_are_oversampled():
+    # Two cubes with 1 mm voxels: 3x3x3 (27 mm^3, diameter 3.72 mm) on slices 1-3 and 12^3 (diameter 14.9 mm) on
+    # slices 8-19.
+    mask = np.zeros((24, 16, 16), np.uint8)
+    mask[1:4, 2:5, 2:5] = 1
+    mask[8:20, 2:14, 2:14] = 1
+    assert equivalent_diameter(27, (1, 1, 1)) == pytest.approx((6 * 27 / np.pi) ** (1 / 3))
+    scan = Scan("P/S", np.zeros_like(mask), mask, np.eye(4), (1.0, 1.0, 1.0))
+    np.testing.assert_array_equal(np.flatnonzero(small_nodule_slices(mask, (1, 1, 1), 10.0)), [1, 2, 3])
+    # With 2 mm voxels the big cube is 29.8 mm and the small one 7.4 mm: still only the first is small.
+    np.testing.assert_array_equal(np.flatnonzero(small_nodule_slices(mask, (2, 2, 2), 10.0)), [1, 2, 3])
+    pairs = select_slices([scan], 0.0, 0, small_nodule_mm=10.0, small_nodule_repeat=3)
+    assert len(pairs) == 3 * 3 + 12
+    assert pairs.count((0, 2)) == 3 and pairs.count((0, 10)) == 1
+    assert select_slices([scan], 0.0, 0, small_nodule_mm=2.0, small_nodule_repeat=3) == select_slices([scan], 0.0, 0)
 
 
 def test_phantom_ground_truth_is_exact_and_sized():
@@ -99,7 +116,8 @@ def test_datamodule_offline_and_missing_real(tmp_path, monkeypatch):
     )
     dm.prepare_data()
     dm.setup("fit")
-    image, mask = dm.datasets["train"][0]
+    image, mask, index = dm.datasets["train"][0]  # the training set returns the index that seeds augmentation
+    assert index.item() == 0 and len(dm.datasets["val"][0]) == 2
     assert image.shape == mask.shape == (1, 48, 48) and 0 <= image.min() and image.max() <= 1
     assert mask.sum() > 0  # no empty slices requested
     patients = [{n.split("/")[0] for n in dm.names[k]} for k in ("train", "val", "test")]

@@ -1,7 +1,9 @@
+import math
+
 import numpy as np
 import pytest
 import torch
-from lung_seg.augment import augment
+from lung_seg.augment import augment, paper_augmentation
 from lung_seg.metrics import DiceIoU, diameter_bin, dice_iou, equivalent_diameter, score_nodules, summarise_by_bin
 from lung_seg.model import MonaiBasicUNet, UNet
 
@@ -105,26 +107,60 @@ def test_augment_mirror_and_flip_are_exact():
     gen = torch.Generator().manual_seed(0)
     image = torch.rand(3, 1, 7, 9, generator=gen)
     mask = (image > 0.5).float()
-    out, out_mask = augment(
-        image, mask, torch.Generator().manual_seed(1), mirror_p=1.0, flip_p=0.0, max_rotation_deg=0.0
-    )
+    mirror = paper_augmentation(mirror_p=1.0, flip_p=0.0, max_rotation_deg=0.0)
+    out, out_mask = augment(mirror, image, mask, seed=1, epoch=0, indices=[0, 1, 2])
     torch.testing.assert_close(out, image.flip(-1))
     torch.testing.assert_close(out_mask, mask.flip(-1))
-    out, _ = augment(image, mask, torch.Generator().manual_seed(1), mirror_p=0.0, flip_p=1.0, max_rotation_deg=0.0)
+    flip = paper_augmentation(mirror_p=0.0, flip_p=1.0, max_rotation_deg=0.0)
+    out, _ = augment(flip, image, mask, seed=1, epoch=0, indices=[0, 1, 2])
     torch.testing.assert_close(out, image.flip(-2))
 
 
-def test_augment_rotation_keeps_image_and_mask_aligned():
-    yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
-    blob = (((yy - 20) ** 2 / 64 + (xx - 40) ** 2 / 16) <= 1).float()  # an off-centre ellipse
-    image, mask = blob.expand(8, 1, 64, 64).clone(), blob.expand(8, 1, 64, 64).clone()
-    out, out_mask = augment(image, mask, torch.Generator().manual_seed(3), max_rotation_deg=20.0)
-    assert not torch.equal(out_mask, mask)  # something moved
-    inter = ((out > 0.5) & (out_mask > 0.5)).flatten(1).sum(1).float()
-    union = ((out > 0.5) | (out_mask > 0.5)).flatten(1).sum(1).float()
-    assert (inter / union).min() > 0.85
-    torch.testing.assert_close(out_mask.flatten(1).sum(1), mask.flatten(1).sum(1), rtol=0.15, atol=0)
-    assert set(out_mask.unique().tolist()) <= {0.0, 1.0}
+def test_augment_depends_only_on_seed_epoch_and_index():
+    image = torch.rand(4, 1, 24, 24, generator=torch.Generator().manual_seed(0))
+    mask = (image > 0.7).float()
+    one = augment(paper_augmentation(), image, mask, seed=5, epoch=3, indices=[10, 11, 12, 13])
+    torch.manual_seed(123)  # the global RNG plays no part
+    # A fresh transform, the same samples in another batch order: each sample gets the same draws.
+    perm = [2, 0, 3, 1]
+    two = augment(paper_augmentation(), image[perm], mask[perm], seed=5, epoch=3, indices=[12, 10, 13, 11])
+    torch.testing.assert_close(two[0], one[0][perm], rtol=0, atol=0)
+    torch.testing.assert_close(two[1], one[1][perm], rtol=0, atol=0)
+    other_epoch = augment(paper_augmentation(), image, mask, seed=5, epoch=4, indices=[10, 11, 12, 13])
+    assert not torch.equal(other_epoch[0], one[0])
+
+
+def _principal_angle(mask: torch.Tensor) -> float:
+    """Orientation (degrees, in x = column / y = -row axes) of a 2D mask's major axis from its second moments."""
+    rows, cols = torch.nonzero(mask, as_tuple=True)
+    x, y = cols.double() - cols.double().mean(), -(rows.double() - rows.double().mean())
+    return math.degrees(0.5 * math.atan2(2 * (x * y).mean(), (x * x).mean() - (y * y).mean()))
+
+
+def test_augment_rotation_matches_the_drawn_angle_and_mask_stays_binary():
+    yy, xx = torch.meshgrid(torch.arange(65.0), torch.arange(65.0), indexing="ij")
+    # A horizontal ellipse at the centre (major axis along the columns: angle 0) plus an off-centre dot that must
+    # move with it in image and mask alike.
+    blob = (((yy - 32) ** 2 / 16 + (xx - 32) ** 2 / 400) <= 1) | (((yy - 12) ** 2 + (xx - 32) ** 2) <= 9)
+    ellipse = (((yy - 32) ** 2 / 16 + (xx - 32) ** 2 / 400) <= 1).float()
+    image = blob.float().expand(16, 1, 65, 65).clone()
+    transform = paper_augmentation(mirror_p=0.0, flip_p=0.0, max_rotation_deg=20.0)
+    measured, drawn = [], []
+    for index in range(16):
+        out, out_mask = augment(transform, image[:1], image[:1], seed=0, epoch=0, indices=[index])
+        drawn.append(math.degrees(transform.transforms[2].rand_rotate.x))
+        assert set(out_mask.unique().tolist()) <= {0.0, 1.0}
+        inter = ((out > 0.5) & (out_mask > 0.5)).sum().item()
+        assert inter / ((out > 0.5) | (out_mask > 0.5)).sum().item() > 0.9  # image and mask stay aligned
+        rotated_ellipse, _ = augment(
+            transform, ellipse.expand(1, 1, 65, 65), ellipse.expand(1, 1, 65, 65), seed=0, epoch=0, indices=[index]
+        )
+        measured.append(_principal_angle(rotated_ellipse[0, 0] > 0.5))
+    drawn, measured = np.array(drawn), np.array(measured)
+    assert np.abs(drawn).max() <= 20.0 and drawn.min() < -5 and drawn.max() > 5  # spread over +-20 degrees
+    # The same magnitude; one sign convention for every sample (MONAI's angle is counter-clockwise in its axes).
+    sign = np.sign(np.dot(drawn, measured))
+    np.testing.assert_allclose(measured, sign * drawn, atol=1.5)
 
 
 def test_output_prior_sets_the_last_bias():

@@ -1,53 +1,87 @@
-"""The paper's augmentation (mirror, flip, rotation), vectorised over a batch and driven by an explicit generator."""
+"""The paper's augmentation (mirror, flip, rotation +/-20 degrees) with MONAI dictionary transforms.
+
+Every sample's random draws come from a seed derived from ``(run seed, epoch, dataset index)`` only, so a run resumed
+from a checkpoint replays the same augmentations, and DDP ranks (which see different indices) draw different ones.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
+import numpy as np
 import torch
-from torch.nn import functional as F
+from monai.data import MetaTensor
+from monai.transforms import Compose, RandFlipd, RandRotated
+
+KEYS = ("image", "mask")
+
+
+def paper_augmentation(mirror_p: float = 0.5, flip_p: float = 0.5, max_rotation_deg: float = 20.0) -> Compose:
+    """MONAI transforms of one sample ``{"image": [C, H, W], "mask": [1, H, W]}``, applied to image and mask alike.
+
+    Mirror = left-right flip (column axis), flip = up-down flip (row axis), then a rotation by an angle uniform in
+    ``[-max_rotation_deg, max_rotation_deg]`` about the slice centre. The image is resampled bilinearly, the mask with
+    nearest neighbours so that it stays binary; pixels rotated in from outside are 0 (air after windowing).
+
+    Args:
+        mirror_p: Probability of a left-right mirror.
+        flip_p: Probability of an up-down flip.
+        max_rotation_deg: Largest rotation angle in degrees (0 disables the rotation).
+    """
+    # spatial_axis counts spatial dimensions only (the channel axis excluded): 0 = rows, 1 = columns.
+    return Compose(
+        [
+            RandFlipd(KEYS, prob=mirror_p, spatial_axis=1),
+            RandFlipd(KEYS, prob=flip_p, spatial_axis=0),
+            RandRotated(
+                KEYS,
+                range_x=math.radians(max_rotation_deg),
+                prob=1.0 if max_rotation_deg > 0 else 0.0,
+                keep_size=True,
+                mode=("bilinear", "nearest"),
+                padding_mode="zeros",
+            ),
+        ]
+    )
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 32-bit seed that depends only on ``(seed, epoch, index)`` (mixed by NumPy's SeedSequence)."""
+    return int(np.random.SeedSequence([seed % 2**32, epoch, index]).generate_state(1)[0])
+
+
+def _plain(x: torch.Tensor) -> torch.Tensor:
+    return x.as_tensor() if isinstance(x, MetaTensor) else x
 
 
 def augment(
+    transform: Compose,
     image: torch.Tensor,
     mask: torch.Tensor,
-    generator: torch.Generator,
     *,
-    mirror_p: float = 0.5,
-    flip_p: float = 0.5,
-    max_rotation_deg: float = 20.0,
+    seed: int,
+    epoch: int,
+    indices: Sequence[int] | torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Randomly mirror (left-right), flip (up-down) and rotate each image and its mask alike.
-
-    The image is resampled bilinearly, the mask with nearest neighbours (it stays binary); pixels rotated in from
-    outside are zero. Draws come from ``generator`` only, so a run is reproducible from its seed and step.
+    """Apply ``transform`` to every sample of a batch, each with the random state of its ``(seed, epoch, index)``.
 
     Args:
+        transform: A MONAI dictionary transform over the keys ``"image"`` and ``"mask"`` (e.g.
+            :func:`paper_augmentation`).
         image: ``[B, C, H, W]`` float.
         mask: ``[B, 1, H, W]`` float (0/1).
-        generator: CPU generator for the random draws.
-        mirror_p: Probability of a left-right mirror.
-        flip_p: Probability of an up-down flip.
-        max_rotation_deg: Angles are uniform in ``[-max, max]`` degrees.
+        seed: The run's seed.
+        epoch: The training epoch.
+        indices: Dataset index of each sample ``[B]``.
 
     Returns:
-        The augmented image and mask.
+        The augmented image and mask, same shapes and dtypes.
     """
-    b = image.shape[0]
-    draws = torch.rand(b, 3, generator=generator, dtype=torch.float64)
-    sx = torch.where(draws[:, 0] < mirror_p, -1.0, 1.0)
-    sy = torch.where(draws[:, 1] < flip_p, -1.0, 1.0)
-    angle = (2 * draws[:, 2] - 1) * math.radians(max_rotation_deg)
-    cos, sin = torch.cos(angle), torch.sin(angle)
-    # affine_grid maps output to input coordinates: rotation R(angle) after the mirror/flip diag(sx, sy).
-    theta = torch.stack(
-        [
-            torch.stack([cos * sx, -sin * sy, torch.zeros(b, dtype=torch.float64)], 1),
-            torch.stack([sin * sx, cos * sy, torch.zeros(b, dtype=torch.float64)], 1),
-        ],
-        1,
-    )
-    grid = F.affine_grid(theta.to(image.dtype), list(image.shape), align_corners=False).to(image.device)
-    image = F.grid_sample(image, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    mask = F.grid_sample(mask.to(image.dtype), grid, mode="nearest", padding_mode="zeros", align_corners=False)
-    return image, mask
+    images, masks = [], []
+    for img, msk, idx in zip(image, mask, torch.as_tensor(indices).tolist()):
+        transform.set_random_state(seed=sample_seed(seed, epoch, int(idx)))
+        out = transform({"image": img, "mask": msk})
+        images.append(_plain(out["image"]).to(image.dtype))
+        masks.append(_plain(out["mask"]).to(mask.dtype))
+    return torch.stack(images), torch.stack(masks)

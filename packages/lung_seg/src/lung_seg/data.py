@@ -64,20 +64,22 @@ class SliceDataset(Dataset):
     Args:
         scans: The scans.
         pairs: ``(scan index, slice index)`` of every item.
+        with_index: Also return the item's index (the training set: it seeds the item's augmentation).
     """
 
-    def __init__(self, scans: list[Scan], pairs: list[tuple[int, int]]):
-        self.scans, self.pairs = scans, pairs
+    def __init__(self, scans: list[Scan], pairs: list[tuple[int, int]], with_index: bool = False):
+        self.scans, self.pairs, self.with_index = scans, pairs, with_index
 
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Image ``[1, H, W]`` float in [0, 1] and mask ``[1, H, W]`` float 0/1."""
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
+        """Image ``[1, H, W]`` float in [0, 1], mask ``[1, H, W]`` float 0/1 (and ``index`` when ``with_index``)."""
         s, z = self.pairs[index]
         scan = self.scans[s]
         image = torch.from_numpy(scan.image[z]).float().div_(255.0).unsqueeze(0)
-        return image, torch.from_numpy(scan.mask[z]).float().unsqueeze(0)
+        mask = torch.from_numpy(scan.mask[z]).float().unsqueeze(0)
+        return (image, mask, torch.tensor(index)) if self.with_index else (image, mask)
 
 
 class LungCTDataModule(pl.LightningDataModule):
@@ -91,6 +93,9 @@ class LungCTDataModule(pl.LightningDataModule):
         split: Patient fractions for train/val/test when the data has no ``splits.json``.
         split_seed: Seed of the patient split and of the shuffling order.
         empty_fraction: Empty slices added per nodule slice (the paper: 0; its PyTorch baseline: 0.1).
+        small_nodule_mm: Nodules below this equivalent diameter count as small for ``small_nodule_repeat``.
+        small_nodule_repeat: Training slices that cut a small nodule are served this many times per epoch
+            (1 = no oversampling, as the paper).
         window_center: VOI window centre in HU.
         window_width: VOI window width in HU.
         batch_size: Training batch size.
@@ -113,6 +118,8 @@ class LungCTDataModule(pl.LightningDataModule):
         split: tuple[float, float, float] = (0.6, 0.15, 0.25),
         split_seed: int = 0,
         empty_fraction: float = 0.0,
+        small_nodule_mm: float = 10.0,
+        small_nodule_repeat: int = 1,
         window_center: float = -500.0,
         window_width: float = 1600.0,
         batch_size: int = 8,
@@ -178,7 +185,11 @@ class LungCTDataModule(pl.LightningDataModule):
         self.datasets: dict[str, SliceDataset] = {}
         for split in ("train", "val", "test"):
             scans = self.load_scans(self.names.get(split, []))
-            self.datasets[split] = SliceDataset(scans, select_slices(scans, h.empty_fraction, h.split_seed))
+            train = split == "train"
+            # Oversampling changes what the network sees, never what it is scored on.
+            repeat = h.small_nodule_repeat if train else 1
+            pairs = select_slices(scans, h.empty_fraction, h.split_seed, h.small_nodule_mm, repeat)
+            self.datasets[split] = SliceDataset(scans, pairs, with_index=train)
 
     # -------------------------------------------------------------------------------------------------- loaders
     def train_dataloader(self):

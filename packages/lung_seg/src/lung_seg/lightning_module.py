@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import os
+from typing import Literal
 
 import pytorch_lightning as pl
 import torch
-from monai.losses import DiceLoss
+from monai.losses import DiceCELoss, DiceFocalLoss, DiceLoss
 from torch import nn
 
-from lung_seg.augment import augment
+from lung_seg.augment import augment, paper_augmentation
 from lung_seg.metrics import DiceIoU
 from lung_seg.model import UNet, init_output_prior
 
 
 class NoduleSegmenter(pl.LightningModule):
-    """Trains ``net`` with MONAI's Dice loss on sigmoid outputs and reports the paper's Dice and IoU.
+    """Trains ``net`` with MONAI's Dice loss (or Dice + BCE/focal) on sigmoid outputs; reports the paper's Dice and IoU.
+
+    ``val/loss`` and ``test/loss`` are always the paper's soft-Dice loss, so they compare with its loss curves.
 
     Args:
         net: The segmentation network (logits ``[B, 1, H, W]``); default: the paper's U-Net.
@@ -24,7 +27,10 @@ class NoduleSegmenter(pl.LightningModule):
         poly_power: Polynomial LR decay power over ``max_epochs`` (the PyTorch baseline: 0.9); None keeps it constant.
         mean: Normalisation mean of the [0, 1] windowed image (the paper: 0.3266).
         std: Normalisation standard deviation (the paper: 0.3551).
-        augment: Apply the paper's augmentation while training.
+        loss: ``"dice"`` (the paper: MONAI's soft Dice per slice), ``"dice_bce"`` (Dice + binary cross-entropy, MONAI's
+            DiceCELoss) or ``"dice_focal"`` (Dice + focal loss, MONAI's DiceFocalLoss). The pixel-wise term gives a
+            tiny nodule a gradient that does not blow up with 1 / its area, as the Dice term alone does.
+        augment: Apply the paper's augmentation while training (MONAI transforms, :mod:`lung_seg.augment`).
         mirror_p: Probability of a left-right mirror.
         flip_p: Probability of an up-down flip.
         max_rotation_deg: Largest rotation angle (the paper: 20).
@@ -39,6 +45,7 @@ class NoduleSegmenter(pl.LightningModule):
         lr: float = 1e-4,
         weight_decay: float = 0.0,
         poly_power: float | None = None,
+        loss: Literal["dice", "dice_bce", "dice_focal"] = "dice",
         mean: float = 0.3266,
         std: float = 0.3551,
         augment: bool = True,
@@ -53,7 +60,10 @@ class NoduleSegmenter(pl.LightningModule):
         self.net = net if net is not None else UNet()
         if output_prior is not None:
             init_output_prior(self.net, output_prior)
-        self.loss = DiceLoss(sigmoid=True)
+        self.loss = make_loss(loss)
+        # Validation and test report the paper's soft-Dice loss whatever the training objective is.
+        self.dice_loss = DiceLoss(sigmoid=True)
+        self.augmentation = paper_augmentation(mirror_p, flip_p, max_rotation_deg) if augment else None
         self.val_metrics = DiceIoU(threshold)
         self.test_metrics = DiceIoU(threshold)
 
@@ -62,22 +72,15 @@ class NoduleSegmenter(pl.LightningModule):
         return self.net((image - self.hparams.mean) / self.hparams.std)
 
     def on_fit_start(self) -> None:
-        # The run's seed (set by seed_everything, restored on resume) drives the augmentation together with the step.
+        # The run's seed (set by seed_everything, restored on resume) drives the augmentation together with the epoch
+        # and the sample's index: a resumed run replays the same draws, whatever the global RNG did meanwhile.
         self._aug_seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
 
     def training_step(self, batch, batch_idx):
-        image, mask = batch
-        if self.hparams.augment:
-            gen = torch.Generator().manual_seed(
-                (self._aug_seed * 1_000_003 + self.global_step) * 1_009 + self.global_rank
-            )
+        image, mask, index = batch  # the training set also returns each slice's dataset index
+        if self.augmentation is not None:
             image, mask = augment(
-                image,
-                mask,
-                gen,
-                mirror_p=self.hparams.mirror_p,
-                flip_p=self.hparams.flip_p,
-                max_rotation_deg=self.hparams.max_rotation_deg,
+                self.augmentation, image, mask, seed=self._aug_seed, epoch=self.current_epoch, indices=index
             )
         loss = self.loss(self(image), mask)
         self.log("train/loss", loss, prog_bar=True)
@@ -87,7 +90,7 @@ class NoduleSegmenter(pl.LightningModule):
         image, mask = batch
         logits = self(image)
         self.val_metrics.update(logits, mask)
-        self.log("val/loss", self.loss(logits, mask), sync_dist=True, prog_bar=True)
+        self.log("val/loss", self.dice_loss(logits, mask), sync_dist=True, prog_bar=True)
 
     def on_validation_epoch_end(self) -> None:
         scores = self.val_metrics.compute()
@@ -98,7 +101,7 @@ class NoduleSegmenter(pl.LightningModule):
         image, mask = batch
         logits = self(image)
         self.test_metrics.update(logits, mask)
-        self.log("test/loss", self.loss(logits, mask), sync_dist=True)
+        self.log("test/loss", self.dice_loss(logits, mask), sync_dist=True)
 
     def on_test_epoch_end(self) -> None:
         scores = self.test_metrics.compute()
@@ -111,3 +114,14 @@ class NoduleSegmenter(pl.LightningModule):
             return opt
         total = max(int(self.trainer.max_epochs or 1), 1)
         return [opt], [torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=total, power=self.hparams.poly_power)]
+
+
+def make_loss(name: str) -> nn.Module:
+    """The training loss on logits ``[B, 1, H, W]`` against 0/1 masks of the same shape (see ``NoduleSegmenter``)."""
+    if name == "dice":
+        return DiceLoss(sigmoid=True)
+    if name == "dice_bce":
+        return DiceCELoss(sigmoid=True)
+    if name == "dice_focal":
+        return DiceFocalLoss(sigmoid=True)
+    raise ValueError(f"unknown loss {name!r}: expected 'dice', 'dice_bce' or 'dice_focal'")
