@@ -1,17 +1,21 @@
-"""Brain MRI data: the paper's preprocessed NIfTI volumes from a folder, or the offline MNI152 phantom population.
+"""Brain MRI data: preprocessed NIfTI volumes, the offline MNI152 phantom population, NOVA box-annotated images.
 
-Both paths end in the same tensors: volumes ``[V, Z, 1, H, W]`` in [0, 1] with brain masks and lesion masks. Healthy
-training volumes are cut into slices; evaluation runs on whole volumes (one volume per batch) so the 3D median
-filter and per-volume scores apply.
+The first two paths end in the same tensors: volumes ``[V, Z, 1, H, W]`` in [0, 1] with brain masks and lesion
+masks. Healthy training volumes are cut into slices; evaluation runs on whole volumes (one volume per batch) so the
+3D median filter and per-volume scores apply. NOVA (evaluation only) gives single 2D images with gold bounding boxes
+and no pixel masks; it is scored by box detection only (:class:`NovaDataModule`).
 """
 
 from __future__ import annotations
 
+import ast
+import csv
 import functools
 import math
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from reprokit.data import make_loader, require_dataset
@@ -22,6 +26,11 @@ HOW_TO_GET = {
     "IXI": "register at https://brain-development.org/ixi-dataset/ (CC BY-SA 3.0), download the T2 images",
     "BraTS21": "register for the RSNA-ASNR-MICCAI BraTS 2021 challenge (Synapse) and download the training data",
     "MSLUB": "request the MS lesion data of the University Hospital of Ljubljana (lit.fe.uni-lj.si/tools)",
+    "NOVA": (
+        "download the evaluation-only NOVA benchmark from Hugging Face (datasets Ano-2090/Nova or c-i-ber/Nova, "
+        "CC BY-NC-SA 4.0, non-commercial): its PNG slices into images/ and its metadata table (columns filename, "
+        "caption, bbox_gold) as NOVA_metadata.csv"
+    ),
 }
 PREPROCESSING = (
     "preprocess each T2 volume as the paper: 1 mm resampling, skull stripping, SRI24 atlas registration, cropping, "
@@ -208,6 +217,108 @@ def read_nifti_split(folder: Path, size: int, z_range: tuple[int, int, int]) -> 
     return {"image": torch.stack(images), "brain": torch.stack(brains), "lesion": torch.stack(masks)}
 
 
+# ---------------------------------------------------------------------------------------------------------- NOVA
+NOVA_LAYOUT = ("NOVA_metadata.csv", "images/*.png")
+
+
+def parse_nova_boxes(text: str) -> torch.Tensor:
+    """Boxes ``[K, 4]`` as ``(x1, y1, x2, y2)`` from NOVA's ``bbox_gold`` cell.
+
+    The cell is a Python dict literal of parallel lists, ``{'x': [...], 'y': [...], 'width': [...], 'height': [...]}``,
+    with ``(x, y)`` the top-left corner in pixels of the stored image.
+    """
+    d = ast.literal_eval(text) if text and text.strip() else {}
+    xywh = torch.tensor(list(zip(d.get("x", []), d.get("y", []), d.get("width", []), d.get("height", []))))
+    xywh = xywh.double().view(-1, 4)
+    return torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], dim=1)
+
+
+def square_resize_image(image: torch.Tensor, size: int) -> torch.Tensor:
+    """``[H, W]`` -> ``[size, size]``: centred zero-padding to a square (as :func:`to_slices`), then resizing.
+
+    Downsizing averages areas (a 480 px slice to 96 px is an exact 5x5 average); upsizing is bilinear.
+    """
+    h, w = image.shape
+    side = max(h, w)
+    sq = F.pad(image, ((side - w) // 2, side - w - (side - w) // 2, (side - h) // 2, side - h - (side - h) // 2))
+    sq = sq[None, None].float()
+    if side >= size:
+        return F.interpolate(sq, size=(size, size), mode="area")[0, 0]
+    return F.interpolate(sq, size=(size, size), mode="bilinear", align_corners=False)[0, 0]
+
+
+def square_resize_boxes(boxes: torch.Tensor, height: int, width: int, size: int) -> torch.Tensor:
+    """Boxes moved by the same padding and scaling as :func:`square_resize_image`.
+
+    Args:
+        boxes: ``[K, 4]`` as ``(x1, y1, x2, y2)`` in pixel-edge coordinates of the ``height x width`` image.
+        height: Image rows.
+        width: Image columns.
+        size: Output side.
+
+    Returns:
+        ``[K, 4]`` boxes in the ``size x size`` image, clipped to it.
+    """
+    side = max(height, width)
+    offset = torch.tensor([(side - width) // 2, (side - height) // 2] * 2, dtype=torch.float64)
+    return ((boxes.double() + offset) * (size / side)).clamp(0, size).float()
+
+
+def boxes_to_mask(boxes: torch.Tensor, size: int) -> torch.Tensor:
+    """``[size, size]`` mask of the pixels whose centre lies inside any box (for figures; scoring uses the boxes)."""
+    centre = torch.arange(size, dtype=torch.float32) + 0.5
+    inside_x = (centre[None, :] >= boxes[:, 0:1]) & (centre[None, :] < boxes[:, 2:3])  # [K, W]
+    inside_y = (centre[None, :] >= boxes[:, 1:2]) & (centre[None, :] < boxes[:, 3:4])  # [K, H]
+    return (inside_y[:, :, None] & inside_x[:, None, :]).any(0).float()
+
+
+def read_nova(
+    root: Path, size: int, caption_filter: str | None = "T2", foreground_threshold: float = 0.05
+) -> list[dict[str, torch.Tensor]]:
+    """NOVA images listed in ``root/NOVA_metadata.csv`` (from ``root/images/``), resized with their gold boxes.
+
+    Args:
+        root: Folder with ``NOVA_metadata.csv`` and ``images/<filename>``.
+        size: Output side in pixels (the model's input size).
+        caption_filter: Keep only rows whose caption contains this text (the paper's reference evaluation keeps
+            captions mentioning ``"T2"``); ``None`` or ``""`` keeps every row.
+        foreground_threshold: Intensity above which a pixel counts as head (the region scored; NOVA has no brain
+            masks).
+
+    Returns:
+        One dict per image: ``image``, ``brain``, ``lesion`` (gold boxes rasterised) ``[1, 1, size, size]``,
+        ``boxes [K, 4]`` in output pixels and ``name``.
+    """
+    from PIL import Image
+
+    items = []
+    with open(root / "NOVA_metadata.csv", newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            if caption_filter and caption_filter not in (row.get("caption") or ""):
+                continue
+            path = root / "images" / row["filename"]
+            if not path.is_file():
+                raise FileNotFoundError(f"NOVA image {path} listed in NOVA_metadata.csv is missing")
+            with Image.open(path) as im:
+                raw = torch.from_numpy(np.asarray(im.convert("L"), dtype=np.float32) / 255.0)
+            h, w = raw.shape
+            image = square_resize_image(raw, size).clamp(0, 1)
+            boxes = square_resize_boxes(parse_nova_boxes(row.get("bbox_gold", "")), h, w, size)
+            boxes = boxes[(boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])]
+            items.append(
+                {
+                    "image": image[None, None],
+                    "brain": (image > foreground_threshold).float()[None, None],
+                    "lesion": boxes_to_mask(boxes, size)[None, None],
+                    "boxes": boxes,
+                    "name": row["filename"],
+                }
+            )
+    if not items:
+        raise FileNotFoundError(f"no NOVA rows in {root / 'NOVA_metadata.csv'} (caption filter {caption_filter!r})")
+    return items
+
+
 # ------------------------------------------------------------------------------------------------------ datasets
 class SliceDataset(Dataset):
     """Healthy training slices of a set of volumes ``[V, Z, 1, H, W]``; item: ``{"image", "brain"}``."""
@@ -322,3 +433,58 @@ class BrainMRIDataModule(pl.LightningDataModule):
 
     def test_dataloader(self):
         return [make_loader(s, 1, shuffle=False, num_workers=self.hparams.num_workers) for s in self.eval_sets]
+
+
+class NovaDataModule(pl.LightningDataModule):
+    """NOVA (evaluation only): 2D brain MRI slices with gold bounding boxes, scored by box detection.
+
+    ``test`` has one loader of single images (``image``, ``brain``, ``lesion`` ``[1, 1, S, S]``, ``boxes [K, 4]``);
+    models trained on healthy IXI slices are tested on it (``test --ckpt_path``). The NOVA protocol's constants
+    (``box_threshold``, ``max_boxes``) live here because they belong to the benchmark, not to a model; the
+    evaluation in :class:`~ca_diffusion_uad.lightning_module.ReconstructionUAD` reads them from this module.
+
+    Args:
+        data_dir: Folder with ``NOVA_metadata.csv`` (columns ``filename``, ``caption``, ``bbox_gold``) and
+            ``images/<filename>`` (the PNG slices, 480 px in the release).
+        image_size: Side the images (and boxes) are resized to: the model's input size.
+        caption_filter: Keep rows whose caption contains this text (``"T2"``: the paper's T2 subset; ``null``: all).
+        box_threshold: Anomaly-map value above which pixels form predicted boxes (the paper: 0.5).
+        max_boxes: Predicted boxes kept per image, largest area first (the reference evaluation: 5).
+        foreground_threshold: Intensity above which a pixel belongs to the scored head region.
+        num_workers: DataLoader workers.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | None = None,
+        image_size: int = 96,
+        caption_filter: str | None = "T2",
+        box_threshold: float = 0.5,
+        max_boxes: int = 5,
+        foreground_threshold: float = 0.05,
+        num_workers: int = 0,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.box_threshold, self.max_boxes = box_threshold, max_boxes
+
+    def _root(self) -> Path:
+        return require_dataset(
+            self.hparams.data_dir, "NOVA (evaluation-only brain MRI slices with boxes)", HOW_TO_GET["NOVA"], NOVA_LAYOUT
+        )
+
+    def prepare_data(self) -> None:
+        self._root()  # before any run folder is written
+
+    def setup(self, stage: str | None = None) -> None:
+        hp = self.hparams
+        self.test_set = read_nova(self._root(), hp.image_size, hp.caption_filter, hp.foreground_threshold)
+
+    def train_dataloader(self):
+        raise RuntimeError(
+            "NOVA is evaluation-only: train on IXI (configs/paper/brats21_*.yaml), then run `test` with a "
+            "configs/paper/nova_*.yaml config and --ckpt_path"
+        )
+
+    def test_dataloader(self):
+        return make_loader(self.test_set, 1, shuffle=False, num_workers=self.hparams.num_workers)

@@ -2,7 +2,8 @@
 
 The evaluation protocol is shared (:class:`ReconstructionUAD`): ``test`` sees anomalous validation volumes (the
 threshold is the best-Dice one there), anomalous test volumes (scored at that threshold) and healthy test volumes
-(reconstruction error), in that order.
+(reconstruction error), in that order. Box-annotated images (NOVA, batches with ``boxes``) are scored by box
+detection at the fixed threshold of their data module.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 from torchmetrics import MeanMetric
+from torchmetrics.detection import MeanAveragePrecision
 
 from ca_diffusion_uad.anomaly import anomaly_map, best_dice_threshold, erode
+from ca_diffusion_uad.boxes import box_iou, components_to_boxes
 from ca_diffusion_uad.diffusion import cosine_alphas_cumprod, q_sample, reconstruct_chain, reconstruct_multi_t
 from ca_diffusion_uad.metrics import VolumeMaps, detection_scores, segmentation_scores
-from ca_diffusion_uad.networks import ConditionalUNet, ConvAutoencoder, ResNetEncoder, SparKDecoder
+from ca_diffusion_uad.networks import ConditionalUNet, ConvAutoencoder, EncoderArch, SparKDecoder, build_encoder
 from ca_diffusion_uad.noise import sample_noise
 from ca_diffusion_uad.ssl import eps_infonce, masked_l2, random_patch_mask
 
@@ -36,11 +39,15 @@ class EncoderPretraining(pl.LightningModule):
 
     Args:
         image_size: Slice side.
-        widths: Encoder channels per stage (paper: ResNet-50).
-        blocks: Residual blocks per stage.
+        arch: ``"basic"`` (small pre-activation ResNet, the CPU configs) or ``"bottleneck"`` (the paper's
+            ResNet-50 with ``widths=(64, 128, 256, 512)``, ``blocks=(3, 4, 6, 3)``).
+        widths: Encoder channels per stage (bottleneck: the blocks' inner widths; outputs are 4x).
+        blocks: Residual blocks per stage (one count, or one per stage).
+        decoder_widths: SparK decoder channels per level (``None``: the encoder's feature widths).
         embed_dim: Encoder output (conditioning) width (paper: 128).
         mask_ratio: Share of hidden patches (paper: 0.65).
-        patch_size: Mask patch side in pixels.
+        patch_size: Mask patch side in pixels; a multiple of the encoder's deepest downsampling (SparK: the patch
+            is one cell of the deepest feature map, 32 px for ResNet-50), so a cell is never half hidden.
         tau: ε-InfoNCE temperature (paper: 0.07).
         eps: ε-InfoNCE margin (paper: 0.5).
         contrastive_weight: Weight of the contrastive term.
@@ -52,8 +59,10 @@ class EncoderPretraining(pl.LightningModule):
     def __init__(
         self,
         image_size: int = 48,
+        arch: EncoderArch = "basic",
         widths: Sequence[int] = (16, 32, 64, 128),
-        blocks: int = 1,
+        blocks: int | Sequence[int] = 1,
+        decoder_widths: Sequence[int] | None = None,
         embed_dim: int = 128,
         mask_ratio: float = 0.65,
         patch_size: int = 8,
@@ -66,8 +75,14 @@ class EncoderPretraining(pl.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters()
-        self.encoder = ResNetEncoder(1, widths, blocks, embed_dim)
-        self.decoder = SparKDecoder(widths, 1)
+        self.encoder = build_encoder(arch, widths, blocks, embed_dim)
+        deepest = self.encoder.feature_strides[-1]
+        if patch_size % deepest or image_size % patch_size:
+            raise ValueError(
+                f"patch_size {patch_size} must be a multiple of the encoder's deepest downsampling ({deepest}) and "
+                f"divide image_size {image_size}"
+            )
+        self.decoder = SparKDecoder(self.encoder.feature_widths, 1, self.encoder.feature_strides[0], decoder_widths)
 
     def losses(self, x: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """Masked-reconstruction, contrastive and total loss of a batch ``[B, 1, H, W]``."""
@@ -108,12 +123,38 @@ class ReconstructionUAD(pl.LightningModule):
         self.median_size, self.median_dims, self.eval_seed = median_size, median_dims, eval_seed
         self.val_maps, self.test_maps = VolumeMaps(), VolumeMaps()
         self.healthy_l1 = MeanMetric()
+        # NOVA-style box detection on box-annotated images (COCO mAP over IoU .5:.95, mAP@0.3, ACC@50).
+        self.box_map = MeanAveragePrecision(iou_type="bbox")
+        self.box_map30 = MeanAveragePrecision(iou_type="bbox", iou_thresholds=[0.3])
+        self.box_acc50 = MeanMetric()
         self.examples: dict[str, torch.Tensor] = {}
         self.scores: dict[str, float] = {}
 
     def reconstruct(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Healthy reconstruction ``[B, 1, H, W]`` of ``x``; ``generator`` drives any noise."""
         raise NotImplementedError
+
+    def _box_protocol(self) -> tuple[float, int]:
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is None or not hasattr(dm, "box_threshold"):
+            raise ValueError("box-annotated test data needs its data module's box_threshold and max_boxes (NOVA)")
+        return float(dm.box_threshold), int(dm.max_boxes)
+
+    def _update_boxes(self, amap: torch.Tensor, gt: torch.Tensor) -> None:
+        """Score one image: boxes of ``amap [H, W] > threshold`` (largest ``max_boxes`` kept) vs gold ``gt [K, 4]``."""
+        threshold, max_boxes = self._box_protocol()
+        boxes, scores = components_to_boxes(amap > threshold, amap)
+        order = (boxes[:, 2:] - boxes[:, :2]).prod(1).argsort(descending=True)[:max_boxes]
+        boxes, scores = boxes[order].to(amap.device), scores[order].to(amap.device)
+        gt = gt.float().to(amap.device)
+        labels = torch.zeros(len(boxes), dtype=torch.long, device=amap.device)
+        pred = [{"boxes": boxes, "scores": scores, "labels": labels}]
+        target = [{"boxes": gt, "labels": torch.zeros(len(gt), dtype=torch.long, device=amap.device)}]
+        self.box_map.update(pred, target)
+        self.box_map30.update(pred, target)
+        if len(gt):
+            hit = bool(len(boxes)) and bool((box_iou(boxes, gt) >= 0.5).any())
+            self.box_acc50.update(torch.tensor(float(hit), device=amap.device))
 
     def test_step(self, batch, batch_idx, dataloader_idx=0):
         x, brain, lesion = batch["image"][0], batch["brain"][0], batch["lesion"][0]  # one volume [Z, 1, H, W]
@@ -124,7 +165,13 @@ class ReconstructionUAD(pl.LightningModule):
             x, x_hat, brain, erode_size=self.erode_size, median_size=self.median_size, median_dims=self.median_dims
         )
         region = erode(brain, self.erode_size)
-        if dataloader_idx == 0:
+        if "boxes" in batch:  # one box-annotated 2D image (NOVA): Z = 1
+            self._update_boxes(amap[0, 0], batch["boxes"][0])
+            if not self.examples:
+                self.examples = {
+                    k: v[0, 0].detach().cpu() for k, v in dict(x=x, x_hat=x_hat, map=amap, lesion=lesion).items()
+                }
+        elif dataloader_idx == 0:
             self.val_maps.update(amap, lesion, region)
         elif dataloader_idx == 1:
             self.test_maps.update(amap, lesion, region)
@@ -138,20 +185,31 @@ class ReconstructionUAD(pl.LightningModule):
             self.healthy_l1.update((x - x_hat).abs()[inside])
 
     def on_test_epoch_end(self) -> None:
-        val_maps, val_les, val_reg = self.val_maps.compute()
-        threshold, val_dice = best_dice_threshold(val_maps[val_reg], val_les[val_reg])
-        maps, les, reg = self.test_maps.compute()
-        scores = {"threshold": threshold, "val_dice": val_dice}
-        scores.update(segmentation_scores(maps, les, reg, threshold))
-        scores.update(detection_scores(maps, les, threshold))
-        scores["l1_healthy"] = float(self.healthy_l1.compute())
+        scores: dict[str, float] = {}
+        if self.val_maps.update_count and self.test_maps.update_count:
+            val_maps, val_les, val_reg = self.val_maps.compute()
+            threshold, val_dice = best_dice_threshold(val_maps[val_reg], val_les[val_reg])
+            maps, les, reg = self.test_maps.compute()
+            scores = {"threshold": threshold, "val_dice": val_dice}
+            scores.update(segmentation_scores(maps, les, reg, threshold))
+            scores.update(detection_scores(maps, les, threshold))
+        if self.healthy_l1.update_count:
+            scores["l1_healthy"] = float(self.healthy_l1.compute())
+        if self.box_map.update_count:
+            res, res30 = self.box_map.compute(), self.box_map30.compute()
+            scores.update(
+                map_30=float(res30["map"]),
+                map_50=float(res["map_50"]),
+                map=float(res["map"]),
+                acc_50=float(self.box_acc50.compute()) if self.box_acc50.update_count else math.nan,
+            )
         self.scores = scores
         # Every rank holds the gathered maps, so these are already global; sync_dist only keeps Lightning quiet.
         # Undefined scores (no lesion in the volumes seen) stay NaN in ``self.scores`` and are not logged.
         for k, v in scores.items():
             if math.isfinite(v):
                 self.log(f"test/{k}", v, sync_dist=True)
-        for metric in (self.val_maps, self.test_maps, self.healthy_l1):
+        for metric in (self.val_maps, self.test_maps, self.healthy_l1, self.box_map, self.box_map30, self.box_acc50):
             metric.reset()
 
 
@@ -169,8 +227,9 @@ class DiffusionUAD(ReconstructionUAD):
         layers_per_block: UNet residual blocks per level (paper: 3).
         attention: Self-attention per UNet level.
         condition: ``"encoder"`` or ``"none"``.
+        encoder_arch: ``"basic"`` or ``"bottleneck"`` (ResNet-50); must match the pretraining run.
         encoder_widths: Encoder channels per stage (must match the pretraining run).
-        encoder_blocks: Encoder blocks per stage.
+        encoder_blocks: Encoder blocks per stage (one count, or one per stage).
         cond_dim: Conditioning vector width (paper: 128).
         encoder_ckpt: ``EncoderPretraining`` checkpoint loaded at the start of ``fit`` (``None``: random init).
         freeze_encoder: Keep the encoder fixed (otherwise it is fine-tuned with the UNet).
@@ -198,8 +257,9 @@ class DiffusionUAD(ReconstructionUAD):
         layers_per_block: int = 1,
         attention: Sequence[bool] = (False, False, True),
         condition: Literal["encoder", "none"] = "encoder",
+        encoder_arch: EncoderArch = "basic",
         encoder_widths: Sequence[int] = (16, 32, 64, 128),
-        encoder_blocks: int = 1,
+        encoder_blocks: int | Sequence[int] = 1,
         cond_dim: int = 128,
         encoder_ckpt: str | None = None,
         freeze_encoder: bool = True,
@@ -225,7 +285,7 @@ class DiffusionUAD(ReconstructionUAD):
         self.unet = ConditionalUNet(
             image_size, channels, layers_per_block, attention, cond_dim if conditioned else None
         )
-        self.encoder = ResNetEncoder(1, encoder_widths, encoder_blocks, cond_dim) if conditioned else None
+        self.encoder = build_encoder(encoder_arch, encoder_widths, encoder_blocks, cond_dim) if conditioned else None
         if self.encoder is not None and freeze_encoder:
             self.encoder.requires_grad_(False)
         self.ema_unet = self.ema_encoder = None
