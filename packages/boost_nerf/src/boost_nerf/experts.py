@@ -199,19 +199,24 @@ def level_resolutions(base: int, finest: int, levels: int) -> list[int]:
     return [math.floor(base * growth**level + 1e-6) for level in range(levels)]
 
 
-def hash_grid_index(corners: torch.Tensor, resolution: int, table_size: int) -> torch.Tensor:
-    """Table slots of integer grid vertices ``[..., 3]`` (int64) of one level with ``resolution`` cells per side.
+def hash_grid_index(base: torch.Tensor, resolution: int, table_size: int) -> torch.Tensor:
+    """Table slots ``[P, 8]`` of the 8 vertices of the cells whose lowest vertex is ``base`` ``[P, 3]`` (int64).
 
-    Coarse levels whose ``(resolution + 1)^3`` vertices fit the table are indexed one-to-one (row-major, x fastest);
-    finer levels use the spatial hash ``(x * p0) xor (y * p1) xor (z * p2) mod table_size``.
+    Corner ``i`` is the vertex ``base + (i & 1, (i >> 1) & 1, (i >> 2) & 1)`` (x fastest). Coarse levels whose
+    ``(resolution + 1)^3`` vertices fit the table are indexed one-to-one (row-major, x fastest); finer levels use the
+    spatial hash ``(x * p0) xor (y * p1) xor (z * p2) mod table_size``.
     """
     side = resolution + 1
+    # Both index maps are separable per axis: build the two values of each axis term once, then combine them by
+    # broadcasting to [P, z, y, x] (2 x 2 x 2), instead of materialising 8 x 3 corner coordinates per point.
+    axis = [torch.stack([base[:, a], base[:, a] + 1], -1) for a in range(3)]  # [P, 2] per axis
     if side**3 <= table_size:
-        return corners[..., 0] + side * (corners[..., 1] + side * corners[..., 2])
-    h = corners[..., 0] * HASH_PRIMES[0]
-    h = torch.bitwise_xor(h, corners[..., 1] * HASH_PRIMES[1])
-    h = torch.bitwise_xor(h, corners[..., 2] * HASH_PRIMES[2])
-    return torch.remainder(h, table_size)
+        x, y, z = axis[0], axis[1] * side, axis[2] * side * side
+        slots = z[:, :, None, None] + y[:, None, :, None] + x[:, None, None, :]
+        return slots.reshape(-1, 8)
+    x, y, z = (v * prime for v, prime in zip(axis, HASH_PRIMES, strict=True))
+    h = torch.bitwise_xor(torch.bitwise_xor(z[:, :, None, None], y[:, None, :, None]), x[:, None, None, :])
+    return torch.remainder(h.reshape(-1, 8), table_size)
 
 
 class HashGridExpert(Expert):
@@ -253,18 +258,18 @@ class HashGridExpert(Expert):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Hash encoding ``[P, L * F]`` of world points ``[P, 3]``."""
         unit = ((normalize_to_box(x, self.aabb) + 1) / 2).clamp(0, 1)
-        offsets = torch.tensor(
-            [[i & 1, (i >> 1) & 1, (i >> 2) & 1] for i in range(8)], device=x.device, dtype=torch.long
-        )
         out = []
         for level, res in enumerate(self.level_res):
             pos = unit * res
             base = pos.floor().long().clamp(max=res - 1)
             frac = pos - base
-            corners = base[:, None, :] + offsets  # [P, 8, 3]
-            weights = torch.where(offsets.bool(), frac[:, None, :], 1 - frac[:, None, :]).prod(-1)  # [P, 8]
-            slots = hash_grid_index(corners, res, self.table_size)
-            out.append((self.tables[level][slots] * weights[..., None]).sum(1))
+            # Trilinear weights of the 8 corners, as the outer product of per-axis (1 - f, f): [P, 2, 2, 2] (z, y, x).
+            w = [torch.stack([1 - frac[:, a], frac[:, a]], -1) for a in range(3)]
+            weights = (w[2][:, :, None, None] * w[1][:, None, :, None] * w[0][:, None, None, :]).reshape(-1, 1, 8)
+            slots = hash_grid_index(base, res, self.table_size)
+            # index_select's backward is one index_add (F.embedding's CPU backward sorts the indices: ~5x slower).
+            corner_feats = self.tables[level].index_select(0, slots.view(-1)).view(len(x), 8, -1)  # [P, 8, F]
+            out.append(torch.bmm(weights, corner_feats)[:, 0])
         return torch.cat(out, -1)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
