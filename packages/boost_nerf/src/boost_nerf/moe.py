@@ -18,11 +18,21 @@ from reprokit.devices import cuda_kernels_available
 from torch import nn
 
 from boost_nerf.encoding import act_shift_for, raw_to_alpha
-from boost_nerf.experts import Expert
+from boost_nerf.experts import Expert, HashGridExpert
 from boost_nerf.gate import NeRFGate, top_k_routing
 from boost_nerf.render import cell_centers, composite, occupancy_lookup, sample_along_rays
 
 Mode = Literal["single", "topk", "ensemble"]
+
+
+def linear_flops(module: nn.Module) -> int:
+    """FLOPs per input row of all ``nn.Linear`` layers in ``module``: ``2 * in * out`` each (multiply + add)."""
+    return sum(2 * m.in_features * m.out_features for m in module.modules() if isinstance(m, nn.Linear))
+
+
+def density_linear_flops(expert: Expert) -> int:
+    """Matmul FLOPs of ``expert.density`` per point: the NGP density MLP; zero for grid densities (DVGO, TensoRF)."""
+    return linear_flops(expert.density_net) if isinstance(expert, HashGridExpert) else 0
 
 
 def dispatch(
@@ -165,6 +175,7 @@ class BoostNeRF(nn.Module):
         ray_idx, t0, t1 = est.sampling(origins, dirs, render_step_size=self.step, stratified=stratified)
         n_rays = len(origins)
         x = origins[ray_idx] + ((t0 + t1) / 2)[:, None] * dirs[ray_idx]
+        candidates = torch.tensor(len(x))
         with torch.no_grad():
             alpha_f = raw_to_alpha(self.experts[self.finest].density(x), self.act_shift, self.interval)
             w_f, _ = render_weight_from_alpha(alpha_f, ray_indices=ray_idx, n_rays=n_rays)
@@ -175,7 +186,14 @@ class BoostNeRF(nn.Module):
         rgb = accumulate_along_rays(weights, rgb_p, ray_indices=ray_idx, n_rays=n_rays)
         opacity = accumulate_along_rays(weights, None, ray_indices=ray_idx, n_rays=n_rays)[:, 0]
         rgb = rgb + (1 - opacity[:, None]) * self.background
-        return {"rgb": rgb, "opacity": opacity, "probs": probs, "counts": counts, "points": torch.tensor(len(x))}
+        return {
+            "rgb": rgb,
+            "opacity": opacity,
+            "probs": probs,
+            "counts": counts,
+            "points": torch.tensor(len(x)),
+            "candidates": candidates,
+        }
 
     def render_rays(
         self, origins: torch.Tensor, dirs: torch.Tensor, jitter: torch.Tensor | None = None
@@ -189,7 +207,9 @@ class BoostNeRF(nn.Module):
 
         Returns:
             ``rgb`` ``[R, 3]``, ``opacity`` ``[R]``, ``probs`` ``[P, M]`` gate probabilities of the evaluated points
-            (empty in single mode), ``counts`` ``[M]`` points per expert, ``points`` the number of evaluated points.
+            (empty in single mode), ``counts`` ``[M]`` points each expert evaluated, ``points`` the number P of points
+            that passed the filter (gated and blended), ``candidates`` the number of points in occupied cells that
+            the filter (the finest expert's density) was evaluated on.
         """
         if origins.is_cuda and cuda_kernels_available():
             return self._render_packed(origins, dirs, stratified=jitter is not None)
@@ -201,6 +221,7 @@ class BoostNeRF(nn.Module):
         x = pts.view(-1, 3)[flat]
         occupied = occupancy_lookup(x, self.occupancy, aabb)
         flat, x = flat[occupied], x[occupied]
+        candidates = torch.tensor(len(x))
         keep = self._keep(x, flat, shape)
         flat, x = flat[keep], x[keep]
         d = dirs[:, None, :].expand_as(pts).reshape(-1, 3)[flat]
@@ -209,21 +230,57 @@ class BoostNeRF(nn.Module):
         alphas = alpha_p.new_zeros(n).index_copy(0, flat, alpha_p).view(shape)
         rgbs = rgb_p.new_zeros(n, 3).index_copy(0, flat, rgb_p).view(*shape, 3)
         rgb, opacity, _ = composite(alphas, rgbs, self.background)
-        return {"rgb": rgb, "opacity": opacity, "probs": probs, "counts": counts, "points": torch.tensor(len(x))}
+        return {
+            "rgb": rgb,
+            "opacity": opacity,
+            "probs": probs,
+            "counts": counts,
+            "points": torch.tensor(len(x)),
+            "candidates": candidates,
+        }
 
     @torch.no_grad()
     def render_image(self, origins: torch.Tensor, dirs: torch.Tensor, chunk: int = 8192) -> dict[str, torch.Tensor]:
         """Render one view's rays ``[H, W, 3]`` in chunks.
 
         Returns:
-            ``rgb`` ``[H, W, 3]``, ``opacity`` ``[H, W]`` and ``counts`` ``[M]`` summed over chunks.
+            ``rgb`` ``[H, W, 3]``, ``opacity`` ``[H, W]``; ``counts`` ``[M]``, ``points`` and ``candidates`` summed
+            over chunks (see :meth:`render_rays`).
         """
         h, w = origins.shape[:2]
         o, d = origins.reshape(-1, 3), dirs.reshape(-1, 3)
-        rgb, opacity, counts = [], [], 0
+        rgb, opacity, counts, points, candidates = [], [], 0, 0, 0
         for i in range(0, len(o), chunk):
             out = self.render_rays(o[i : i + chunk], d[i : i + chunk])
             rgb.append(out["rgb"])
             opacity.append(out["opacity"])
             counts = counts + out["counts"]
-        return {"rgb": torch.cat(rgb).view(h, w, 3), "opacity": torch.cat(opacity).view(h, w), "counts": counts}
+            points = points + out["points"]
+            candidates = candidates + out["candidates"]
+        return {
+            "rgb": torch.cat(rgb).view(h, w, 3),
+            "opacity": torch.cat(opacity).view(h, w),
+            "counts": counts,
+            "points": points,
+            "candidates": candidates,
+        }
+
+    def matmul_flops(self, counts: torch.Tensor, points: int, candidates: int) -> dict[str, int]:
+        """FLOPs of the network layers (``nn.Linear``, 2 per multiply-add) given how many points each part saw.
+
+        A second formulation of what ``torch.utils.flop_counter`` measures on a render: the filter runs the finest
+        expert's density on every candidate point, the gate runs on every kept point, and expert ``i`` runs only on
+        the ``counts[i]`` points routed to it (sparse dispatch).
+
+        Args:
+            counts: Points evaluated by each expert ``[M]``.
+            points: Points that passed the filter (gated).
+            candidates: Points the filter evaluated.
+
+        Returns:
+            ``{"filter", "gate", "experts", "total"}`` FLOPs.
+        """
+        experts = sum(int(c) * linear_flops(e) for c, e in zip(counts.tolist(), self.experts, strict=True))
+        gate = int(points) * linear_flops(self.gate) if self.mode != "single" else 0
+        filt = int(candidates) * density_linear_flops(self.experts[self.finest])
+        return {"filter": filt, "gate": gate, "experts": experts, "total": filt + gate + experts}

@@ -38,9 +38,9 @@ QUICK = {
     "moe_steps": 24,
     "batch": 512,
 }
-#: full --scale cpu: the offline analogue of the paper's table for two backbones.
+#: full --scale cpu: the offline analogue of the paper's table for the three backbones.
 FULL_CPU = {
-    "backbones": ("dvgo", "tensorf"),
+    "backbones": ("dvgo", "tensorf", "ngp"),
     "gate": 16,
     "experts": (24, 32, 48),
     "expert_steps": 300,
@@ -83,13 +83,21 @@ def evaluate(module, datamodule, n_flop_views: int = 1) -> dict[str, Any]:
         lpips.append(lpips_or_none(out["rgb"], rays["rgb"][i]) if i == 0 else None)
         renders.append(out["rgb"])
         counts = counts + out["counts"]
-    flops = [count_flops(module.render_view, rays["origins"][i], rays["dirs"][i])[0] for i in range(n_flop_views)]
+    flops, split = [], {"filter": 0, "gate": 0, "experts": 0}
+    for i in range(n_flop_views):
+        counted, out = count_flops(module.render_view, rays["origins"][i], rays["dirs"][i])
+        flops.append(counted)
+        # The same FLOPs from the points each part evaluated (filter, gate, each routed expert): where they go.
+        parts = module.model.matmul_flops(out["counts"], int(out["points"]), int(out["candidates"]))
+        for key in split:
+            split[key] += parts[key] / n_flop_views
     share = (counts.float() / counts.sum().clamp_min(1)).tolist()
     return {
         "psnr": sum(psnrs) / len(psnrs),
         "ssim": sum(ssims) / len(ssims),
         "lpips": lpips[0],
         "gflops": sum(flops) / len(flops) / 1e9,
+        "gflops_split": {key: value / 1e9 for key, value in split.items()},
         "render_s": sum(times) / len(times),
         "params_nonzero": nonzero_parameters(module.model),
         "expert_share": share,
@@ -188,6 +196,7 @@ def _row(backbone: str, method: str, setup: str, ev: dict[str, Any], fit_s: floa
         "ssim": ev["ssim"],
         "lpips": ev["lpips"] if ev["lpips"] is not None else float("nan"),
         "gflops": ev["gflops"],
+        "gflops_split": " / ".join(f"{ev['gflops_split'][k]:.3f}" for k in ("filter", "gate", "experts")),
         "render_s": ev["render_s"],
         "params_nonzero": ev["params_nonzero"],
         "expert_share": " / ".join(f"{s:.2f}" for s in ev["expert_share"]),
@@ -253,6 +262,7 @@ def _write_table(
             ("ssim", "SSIM"),
             ("lpips", "LPIPS"),
             ("gflops", "GFLOPs/frame"),
+            ("gflops_split", "filter / gate / experts GFLOPs"),
             ("render_s", "render s/frame"),
             ("params_nonzero", "||w||_0"),
             ("expert_share", "points per expert"),
