@@ -68,11 +68,16 @@ def rasterize_cuda(
     height: int,
     sh_degree: int,
     background: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Render with gsplat's fused CUDA rasterizer (CUDA only): rgb [H, W, 3], alpha [H, W, 1], depth [H, W, 1]."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Render with gsplat's fused CUDA rasterizer (CUDA only).
+
+    Returns:
+        rgb ``[H, W, 3]``, alpha ``[H, W, 1]``, depth ``[H, W, 1]``, and gsplat's own ``means2d [1, N, 2]`` and
+        ``radii [1, N, 2]`` (the tensors in the graph: a gradient retained on ``means2d`` is the view-space one).
+    """
     from gsplat import rasterization
 
-    out, alphas, _ = rasterization(
+    out, alphas, info = rasterization(
         means,
         quats,
         scales,
@@ -87,4 +92,4 @@ def rasterize_cuda(
         render_mode="RGB+D",
         packed=False,
     )
-    return out[0, ..., :3], alphas[0], out[0, ..., 3:4]
+    return out[0, ..., :3], alphas[0], out[0, ..., 3:4], info["means2d"], info["radii"]

@@ -25,7 +25,9 @@ class Gaussians(nn.Module):
 
     Raw parameters (what the optimiser sees): ``means [N, 3]``, ``quats [N, 4]`` (wxyz, unnormalised),
     ``log_scales [N, 3]``, ``opacity_logits [N]``, ``sh0 [N, 1, 3]`` (DC) and ``shN [N, (d+1)^2 - 1, 3]`` (rest).
-    The count is fixed at construction (3DGS-MCMC's ``cap_max``), so checkpoints always have the same shapes.
+    Under 3DGS-MCMC the count is fixed at construction (``cap_max``); the default densification
+    (:mod:`gode.densify`) resizes the parameters in place, and :class:`gode.lightning_module.GoDeModule` restores a
+    checkpoint's count before loading it.
 
     Args:
         num: Number of Gaussians.

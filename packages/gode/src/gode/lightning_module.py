@@ -1,6 +1,7 @@
 """Lightning wiring of GoDe: 3DGS-MCMC training, level assignment, LoD fine-tuning with QAT, per-level evaluation.
 
-One ``fit`` runs the paper's pipeline: steps ``[0, lod_start)`` train the 3DGS-MCMC backbone; at ``lod_start`` the
+One ``fit`` runs the paper's pipeline: steps ``[0, lod_start)`` train the 3DGS-MCMC backbone (or, with
+``densification: default``, 3DGS with its clone/split/prune density control, :mod:`gode.densify`); at ``lod_start`` the
 levels are assigned by iterative gradient-importance masking; the remaining steps fine-tune all levels at once (one
 sampled level per step, quantisation-aware, no relocation). ``num_levels=1, max_fraction=1`` is the same recipe
 for a single non-scalable model (the paper's baseline), and ``num_levels=0`` is plain 3DGS-MCMC.
@@ -14,7 +15,7 @@ from typing import Any, Literal
 import pytorch_lightning as pl
 import torch
 
-from gode import mcmc
+from gode import densify, mcmc
 from gode.gaussians import Gaussians, activate
 from gode.levels import assign_levels, gradient_importance, level_mask, level_sizes, sample_level
 from gode.metrics import photometric_loss, psnr, ssim
@@ -31,10 +32,11 @@ def _constant(step: int) -> float:
 
 
 class GoDeModule(pl.LightningModule):
-    """A 3DGS-MCMC scene with GoDe's progressive levels of detail.
+    """A 3DGS-MCMC (or default-densification 3DGS) scene with GoDe's progressive levels of detail.
 
     Args:
-        num_gaussians: Gaussian budget (3DGS-MCMC's ``cap_max``; fixed for the whole run).
+        num_gaussians: Gaussian budget (3DGS-MCMC's ``cap_max``; fixed for the whole run), or the initial count
+            under ``densification: default`` (which grows and prunes it).
         sh_degree: Maximum SH degree.
         sh_degree_interval: Steps between SH degree increases (3DGS: 1000).
         init_extent: Half-width of the cube filled by the random initialisation (used without a point cloud).
@@ -50,10 +52,10 @@ class GoDeModule(pl.LightningModule):
         lr_sh0: DC colour learning rate.
         lr_shN: Higher-order SH learning rate.
         ssim_lambda: Weight of ``1 - SSIM`` in the photometric loss.
-        refine_start: First step of MCMC relocation.
-        refine_stop: Last step of MCMC relocation (exclusive).
-        refine_every: Steps between relocations.
-        min_opacity: Opacity under which a Gaussian is dead and relocated.
+        refine_start: First step of MCMC relocation / default densification (3DGS's ``densify_from_iter``).
+        refine_stop: Last step of MCMC relocation / default densification, exclusive (``densify_until_iter``).
+        refine_every: Steps between relocations / densifications (``densification_interval``).
+        min_opacity: Opacity under which a Gaussian is dead: relocated (MCMC) or pruned (default).
         noise_lr: Scale of the MCMC position noise (times the current centres learning rate).
         opacity_reg: L1 weight on opacities.
         scale_reg: L1 weight on scales.
@@ -67,6 +69,15 @@ class GoDeModule(pl.LightningModule):
         importance_views: Training views used for the importance scores (None: all).
         bg_color: Background colour (RGB) behind the Gaussians.
         tile_size: Tile edge of the CPU rasterizer.
+        densification: ``mcmc`` (3DGS-MCMC: fixed count, relocation, noise, L1 regularisers; the paper's
+            backbone) or ``default`` (3DGS's adaptive density control: clone / split / prune / opacity reset).
+            Default densification is single-process: it resizes the parameters, which DDP cannot follow.
+        densify_grad_threshold: Default densification: mean NDC view-space gradient norm that triggers growth.
+        densify_dense_fraction: Default densification: clone if the largest scale is at most this times
+            ``scene_scale``, split otherwise (3DGS's ``percent_dense``).
+        prune_scale: Default densification: largest scale, times ``scene_scale``, above which a Gaussian is
+            pruned after the first opacity reset.
+        opacity_reset_every: Default densification: steps between opacity resets (0: never).
     """
 
     def __init__(
@@ -104,6 +115,11 @@ class GoDeModule(pl.LightningModule):
         importance_views: int | None = None,
         bg_color: tuple[float, float, float] = (1.0, 1.0, 1.0),
         tile_size: int = 16,
+        densification: Literal["mcmc", "default"] = "mcmc",
+        densify_grad_threshold: float = 0.0002,
+        densify_dense_fraction: float = 0.01,
+        prune_scale: float = 0.1,
+        opacity_reset_every: int = 3000,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -115,6 +131,24 @@ class GoDeModule(pl.LightningModule):
         self.register_buffer("level_of", torch.zeros(num_gaussians, dtype=torch.long))
         self.register_buffer("levels_assigned", torch.tensor(False))
         self.register_buffer("bg_color", torch.tensor(bg_color, dtype=torch.float))
+        self.densifier: densify.DefaultDensification | None = None
+        if densification == "default":
+            self.densifier = densify.DefaultDensification(
+                start=refine_start,
+                stop=refine_stop,
+                every=refine_every,
+                grad_threshold=densify_grad_threshold,
+                dense_fraction=densify_dense_fraction,
+                prune_opacity=min_opacity,
+                prune_scale=prune_scale,
+                reset_every=opacity_reset_every,
+            )
+            # Its statistics are buffers: a resumed run continues them exactly.
+            self.register_buffer("grad2d", torch.zeros(num_gaussians))
+            self.register_buffer("vis_count", torch.zeros(num_gaussians))
+        elif densification != "mcmc":
+            raise ValueError(f"densification must be 'mcmc' or 'default', got {densification!r}")
+        self._view_grad: tuple[torch.Tensor, torch.Tensor, int, int] | None = None
 
     def setup(self, stage: str) -> None:
         scale = self.hparams.scene_scale
@@ -122,6 +156,11 @@ class GoDeModule(pl.LightningModule):
             datamodule = getattr(self.trainer, "datamodule", None)
             scale = datamodule.scene_extent() if datamodule is not None else 1.0
         self.scene_scale = float(scale)
+        if self.densifier is not None and stage == "fit" and self.trainer.world_size > 1:
+            raise ValueError(
+                "densification: default resizes the Gaussians, which DDP cannot follow: train it on one device "
+                "(or use densification: mcmc, whose count is fixed)"
+            )
 
     # ------------------------------------------------------------------------------------------------- rendering
     @property
@@ -188,7 +227,13 @@ class GoDeModule(pl.LightningModule):
         else:
             out = self.render_params(self.gaussians.activated(), batch, sh_degree=self._sh_degree_now())
             loss = photometric_loss(out.rgb, target, self.hparams.ssim_lambda)
-            loss = loss + mcmc.regularisers(self.gaussians.raw(), self.hparams.opacity_reg, self.hparams.scale_reg)
+            if self.densifier is None:
+                regs = mcmc.regularisers(self.gaussians.raw(), self.hparams.opacity_reg, self.hparams.scale_reg)
+                loss = loss + regs
+            elif self.densifier.collecting(self.global_step):
+                # The projected centres are an intermediate tensor: keep their gradient for the statistics.
+                out.means2d.retain_grad()
+                self._view_grad = (out.means2d, out.radii, target.shape[-2], target.shape[-3])
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
@@ -204,17 +249,63 @@ class GoDeModule(pl.LightningModule):
         if hp.num_levels > 0 and not self.lod_active and self.global_step >= hp.lod_start:
             self.assign_levels()
 
+    def on_after_backward(self) -> None:
+        if self._view_grad is not None:
+            means2d, radii, width, height = self._view_grad
+            self._view_grad = None
+            self.densifier.update({"grad2d": self.grad2d, "count": self.vis_count}, means2d, radii, width, height)
+
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         hp = self.hparams
         if self.lod_active:
             return  # no relocation or noise while fine-tuning the levels
         step = self.global_step
+        if self.densifier is not None:
+            self._densify(step)
+            return
         params = {k: v.data for k, v in self.gaussians.raw().items()}
         if hp.refine_start <= step < hp.refine_stop and step % hp.refine_every == 0:
             changed = mcmc.relocate_dead(params, hp.min_opacity, self._generator(2))
             self._reset_optimizer_state(changed)
         lr = hp.lr_means * self.scene_scale * _decay(step, hp.schedule_steps, hp.lr_means_final_ratio)
         mcmc.add_position_noise(params, hp.noise_lr * lr, self._generator(3))
+
+    def _torch_optimizer(self) -> torch.optim.Optimizer:
+        optimizer = self.optimizers()
+        return getattr(optimizer, "optimizer", optimizer)
+
+    def _densify(self, step: int) -> None:
+        stats = {"grad2d": self.grad2d, "count": self.vis_count}
+        params = self.gaussians.raw()
+        done = self.densifier.refine(params, self._torch_optimizer(), stats, step, self.scene_scale, self._generator(4))
+        if done["densified"]:
+            self._resize_per_gaussian(len(self.gaussians))
+            self.log("train/num_gaussians", float(len(self.gaussians)))
+
+    def _resize_per_gaussian(self, num: int) -> None:
+        """Fresh (zero) per-Gaussian buffers for ``num`` Gaussians: statistics restart after each densification."""
+        self.level_of = torch.zeros(num, dtype=torch.long, device=self.level_of.device)
+        if self.densifier is not None:
+            self.grad2d = torch.zeros(num, device=self.grad2d.device)
+            self.vis_count = torch.zeros(num, device=self.vis_count.device)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # A checkpoint's num_gaussians is the count it stores (the initial one may differ under the default
+        # densification): LightningCLI and load_from_checkpoint rebuild the module from these hyperparameters, so
+        # the model they build has the checkpoint's shapes.
+        hparams = checkpoint.get("hyper_parameters")
+        if hparams is not None:
+            hparams["num_gaussians"] = len(self.gaussians)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Default densification changes the count: take the checkpoint's shapes before its weights are loaded.
+        state = checkpoint.get("state_dict", {})
+        means = state.get("gaussians.means")
+        if means is None or means.shape[0] == len(self.gaussians):
+            return
+        for name, param in self.gaussians.raw().items():
+            param.data = param.data.new_zeros(state[f"gaussians.{name}"].shape)
+        self._resize_per_gaussian(means.shape[0])
 
     def _reset_optimizer_state(self, idx: torch.Tensor) -> None:
         if len(idx) == 0:

@@ -20,11 +20,18 @@ T_MIN = 1e-4
 
 
 class Render(NamedTuple):
-    """One rendered view: ``rgb [H, W, 3]``, ``alpha [H, W, 1]``, ``depth [H, W, 1]``."""
+    """One rendered view: ``rgb [H, W, 3]``, ``alpha [H, W, 1]``, ``depth [H, W, 1]``.
+
+    ``means2d`` (pixel-space centres, ``[N, 2]`` on CPU, ``[1, N, 2]`` from gsplat) is the very tensor the image was
+    composited from, so ``means2d.retain_grad()`` before ``backward`` yields the view-space positional gradient that
+    the default densification accumulates; ``radii`` (``[N, 2]`` / ``[1, N, 2]``, 0 = culled) says who was visible.
+    """
 
     rgb: torch.Tensor
     alpha: torch.Tensor
     depth: torch.Tensor
+    means2d: torch.Tensor | None = None
+    radii: torch.Tensor | None = None
 
 
 def tile_overlaps(
@@ -171,7 +178,8 @@ def rasterize(
         use_cuda: Force gsplat's CUDA kernels on/off; default: on for CUDA tensors when the kernels are allowed.
 
     Returns:
-        :class:`Render` with ``rgb [H, W, 3]``, ``alpha [H, W, 1]``, ``depth [H, W, 1]``.
+        :class:`Render` with ``rgb [H, W, 3]``, ``alpha [H, W, 1]``, ``depth [H, W, 1]``, and the projected
+        ``means2d`` and ``radii`` (see :class:`Render`).
     """
     if sh_degree is None:
         sh_degree = round(coeffs.shape[1] ** 0.5) - 1
@@ -195,4 +203,4 @@ def rasterize(
     rgb, depth = feats[..., :3], feats[..., 3:]
     if background is not None:
         rgb = rgb + (1.0 - alpha) * background
-    return Render(rgb, alpha, depth)
+    return Render(rgb, alpha, depth, means2d, radii)
