@@ -20,7 +20,7 @@ import pytorch_lightning as pl
 import torch
 from reprokit.cli import runs_root
 from reprokit.cxr import CHEXPERT_LABELS
-from reprokit.data import make_loader, require_dataset, split_indices
+from reprokit.data import DatasetNotFoundError, make_loader, require_dataset, split_indices
 from torch.utils.data import Dataset
 
 from medsae.encoder import (
@@ -41,6 +41,32 @@ CHEXPERT_HOW = (
     "(Stanford AIMI licence), unzip it and point data_dir at the folder holding train.csv and train/"
 )
 CHEXPERT_LAYOUT = ("train.csv", "train")
+MEDCLIP_HOW = (
+    "MedCLIP-RN50's weights are the pytorch_model.bin in the zip that the `medclip` package (pip install medclip) "
+    "downloads in MedCLIPModel.from_pretrained(); copy that file here, or set encoder_ckpt: medclip-package to load "
+    "it through the package"
+)
+
+
+def require_medclip_weights(path: str | os.PathLike | None) -> Path:
+    """``path`` if it is a file, else a one-line :class:`~reprokit.data.DatasetNotFoundError` saying how to get it."""
+    if path is None or not Path(path).is_file():
+        raise DatasetNotFoundError("MedCLIP-RN50 weights", path or "<unset>", MEDCLIP_HOW)
+    return Path(path)
+
+
+def require_paper_inputs(data_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """Check the paper-scale inputs under ``data_dir`` before any work starts.
+
+    Returns:
+        ``(DIR/CheXpert-v1.0-small, DIR/medclip/pytorch_model.bin)``.
+
+    Raises:
+        DatasetNotFoundError: One of them is missing (the message names it, its layout and where to get it).
+    """
+    data_dir = Path(data_dir)
+    root = require_dataset(data_dir / "CheXpert-v1.0-small", "CheXpert", CHEXPERT_HOW, CHEXPERT_LAYOUT)
+    return root, require_medclip_weights(data_dir / "medclip" / "pytorch_model.bin")
 
 
 def offline_label_names() -> tuple[str, ...]:
@@ -305,8 +331,15 @@ class EmbeddingDataModule(pl.LightningDataModule):
         return store.write(encoded, n, hp.embed_dim, len(names), meta)
 
     def prepare_data(self) -> None:
-        if self.hparams.source == "chexpert":
+        hp = self.hparams
+        if hp.source == "chexpert":
             self._chexpert_root()
+        if (
+            hp.encoder == "medclip"
+            and hp.encoder_ckpt != "medclip-package"
+            and not ActivationStore(self.store_path()).complete
+        ):
+            require_medclip_weights(hp.encoder_ckpt)
         self.build_store()
 
     def setup(self, stage: str | None = None) -> None:

@@ -2,13 +2,16 @@
 
 ``scale="cpu"``: the offline CPU-scale analogue. (1) Train the small image encoder on ``reprokit.cxr`` images with
 exact findings (``configs/cpu/encoder.yaml``, the stand-in for MedCLIP pre-training). (2) Train every SAE variant on
-its embeddings (``configs/cpu/sae_*.yaml``) and a TopK sweep over dictionary size and k. (3) Dissect SAE latents and
+its embeddings (``configs/cpu/sae_*.yaml``) and the sweep over dictionary size and k that ``configs/cpu/sweep.yaml``
+declares (each point a normal run, resumable, see :mod:`medsae.sweep`; ``--quick`` keeps the smallest dictionary and
+every other k; ``--seeds`` applies to the variants, the sweep keeps its grid's seeds). (3) Dissect SAE latents and
 raw dimensions on the held-out images (monosemanticity, correlation, entropy, firing F1, rank-normalised scores).
 (4) Name the final SAE's alive latents (L0 > 60) with the offline :class:`~medsae.naming.LabelNamer`, evaluate the
 names as classifiers, and draw galleries of top-activating images.
 
 ``scale="paper"``: the same on MedCLIP-RN50 embeddings of CheXpert (``configs/paper``; ``--data_dir`` holds
-``CheXpert-v1.0-small/`` and ``medclip/pytorch_model.bin``), naming with MedGemma through transformers.
+``CheXpert-v1.0-small/`` and ``medclip/pytorch_model.bin``, checked before any work starts), the sweep of
+``configs/paper/sweep.yaml``, naming with MedGemma through transformers.
 """
 
 from __future__ import annotations
@@ -23,15 +26,14 @@ from reprokit.plotting import COLORS, figure, save_png
 from reprokit.results import data_info, print_check, run_metadata, scale_name, write_results
 
 from medsae.analysis import dissect
+from medsae.data import require_paper_inputs
 from medsae.metrics import rank_normalised
 from medsae.naming import LabelNamer, NamingError, VLMNamer, evaluate_names, name_latents
+from medsae.sweep import SweepPoint, expand, plot_frontier, run_sweep, write_sweep_results
 
 PAPER = "medsae"
 VARIANTS = ("standard", "april", "topk", "batchtopk", "matryoshka")
 FINAL = "topk"
-#: The paper's sweep (every TopK-family variant): dictionary sizes x k.
-PAPER_SWEEP = {"d_sae": [2048, 4096, 8192], "k": [32, 64, 128, 256]}
-CPU_SWEEP = {"d_sae": [256, 512], "k": [4, 8, 16, 32]}
 QUICK = {"n_images": 1500, "encoder_epochs": 2, "sae_epochs": 15, "variants": ("standard", "topk", "matryoshka")}
 FULL = {"n_images": 6000, "encoder_epochs": 10, "sae_epochs": 60, "variants": VARIANTS}
 
@@ -50,9 +52,16 @@ def _latents(module, x: torch.Tensor) -> torch.Tensor:
     return torch.cat([module.sae.encode(x[i : i + 4096]) for i in range(0, len(x), 4096)])
 
 
+def quick_points(points: list[SweepPoint]) -> list[SweepPoint]:
+    """The quick protocol's share of a sweep: the smallest dictionary and every other k (4 and 16 on the CPU grid)."""
+    smallest = min(p.d_sae for p in points)
+    ks = sorted({p.k for p in points})[::2]
+    return [p for p in points if p.d_sae == smallest and p.k in ks]
+
+
 def run(scale: str, quick: bool, out: Path, data_dir: Path | None = None, seeds: list[int] | None = None) -> None:
     """Reproduce the paper's comparison at ``scale`` (``paper`` or ``cpu``) into ``out``."""
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     out = Path(out)
     configs = package_path(PAPER, "configs")
     seeds = seeds or [0]
@@ -60,12 +69,13 @@ def run(scale: str, quick: bool, out: Path, data_dir: Path | None = None, seeds:
     tag = scale_name(scale, quick)
     if scale == "paper":
         data_dir = Path(data_dir or "data")
+        require_paper_inputs(data_dir)  # one clear line now, not after the first run has started
         data_over = [
             f"--data.init_args.data_dir={data_dir / 'CheXpert-v1.0-small'}",
             f"--data.init_args.encoder_ckpt={data_dir / 'medclip' / 'pytorch_model.bin'}",
         ]
         sae_cfg = configs / "paper"
-        variants, sweep = VARIANTS, PAPER_SWEEP
+        variants = VARIANTS
         data = data_info("real", "CheXpert (MedCLIP-RN50 embeddings)", data_dir)
     else:
         n = setting["n_images"]
@@ -85,7 +95,7 @@ def run(scale: str, quick: bool, out: Path, data_dir: Path | None = None, seeds:
         data_over = [f"--data.init_args.encoder_ckpt={enc['ckpt']}", f"--data.init_args.n_images={n}"]
         data_over.append(f"--trainer.max_epochs={setting['sae_epochs']}")
         sae_cfg = configs / "cpu"
-        variants, sweep = setting["variants"], CPU_SWEEP
+        variants = setting["variants"]
         data = data_info("offline", "reprokit.cxr CXR-like images (8 exact findings), small CLIP-style encoder", n=n)
 
     # ---------------------------------------------------------------------------------------------- 2. SAEs
@@ -101,11 +111,13 @@ def run(scale: str, quick: bool, out: Path, data_dir: Path | None = None, seeds:
                 test=False,
             )
             fits.setdefault(variant, []).append(res)
-    sweep_points = [(m, k) for m in sweep["d_sae"] for k in sweep["k"]]
-    sweep_rows = [
-        _sweep_point(sae_cfg / "sae_topk.yaml", f"reproduce-{tag}", data_over, m, k, j, len(sweep_points))
-        for j, (m, k) in enumerate([(256, 4), (256, 16)] if quick else sweep_points, 1)
-    ]
+    sweep_cfg = sae_cfg / "sweep.yaml"
+    points = expand(sweep_cfg)
+    points = quick_points(points) if quick else points
+    _log(f"2/4 sweep {sweep_cfg.name}: {len(points)} runs")
+    sweep_rows = run_sweep(
+        sweep_cfg, name=f"reproduce-{tag}-sweep", points=points, overrides=[*data_over, *_quiet()], log=_log
+    )
 
     # ------------------------------------------------------------------------------------------- 3. dissection
     _log("3/4 dissection: SAE latents vs raw embedding dimensions")
@@ -192,7 +204,13 @@ def run(scale: str, quick: bool, out: Path, data_dir: Path | None = None, seeds:
         metrics[f"naming.{key}_mean"] = statistics.fmean(vals) if vals else float("nan")
 
     wall = time.perf_counter() - start
-    meta = run_metadata(seed=seeds, config=str(sae_cfg), wall_time_s=wall, variants=list(variants))
+    meta = run_metadata(
+        seed=seeds,
+        config=str(sae_cfg),
+        wall_time_s=wall,
+        cpu_time_s=time.process_time() - cpu_start,
+        variants=list(variants),
+    )
     out.mkdir(parents=True, exist_ok=True)
     cols = [("model", "units"), ("units", "#"), ("mono_mean", "MS mean"), ("mono_median", "MS median")]
     cols += [("alive", "alive"), ("top_corr_mean", "top |r| (mean/class)"), ("top_entropy_mean", "H of top")]
@@ -231,18 +249,7 @@ def run(scale: str, quick: bool, out: Path, data_dir: Path | None = None, seeds:
         title="Per label: most correlated unit's |r| and its entropy",
         meta=meta,
     )
-    write_results(
-        out,
-        "medsae_sweep",
-        paper=PAPER,
-        scale=tag,
-        data=data,
-        metrics={f"sweep.m{r['d_sae']}_k{r['k']}.fvu": r["fvu"] for r in sweep_rows},
-        rows=sweep_rows,
-        columns=[("d_sae", "latents"), ("k", "k"), ("l0", "L0"), ("fvu", "FVU")],
-        title="TopK sweep",
-        meta=meta,
-    )
+    write_sweep_results(out, sweep_rows, scale=tag, data=data, meta=meta)
     write_results(
         out,
         "medsae_naming",
@@ -266,24 +273,6 @@ def run(scale: str, quick: bool, out: Path, data_dir: Path | None = None, seeds:
     _gallery(out, f, ok, images, data)
     _log(f"done in {wall:.0f} s -> {out}")
     print_check(out, package_path(PAPER, "expected"))
-
-
-def _sweep_point(config: Path, prefix: str, overrides: list[str], m: int, k: int, j: int, total: int) -> dict:
-    """Fit one TopK SAE of the sweep and measure its L0 and FVU on the test split."""
-    _log(f"2/4 sweep topk d_sae={m} k={k} ({j}/{total})")
-    res = fit_test(
-        PAPER,
-        config,
-        experiment=f"{prefix}-sweep-m{m}-k{k}",
-        overrides=[*overrides, f"--model.init_args.d_sae={m}", f"--model.init_args.k={k}", *_quiet()],
-        test=False,
-    )
-    x = res["cli"].datamodule.split_tensors("test")["x"]
-    module = res["cli"].model
-    f = _latents(module, x)
-    with torch.no_grad():
-        fvu = float((x - module.sae.decode(f)).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
-    return {"d_sae": m, "k": k, "l0": float((f != 0).sum(1).double().mean()), "fvu": fvu}
 
 
 def _image_source(dm, rows: torch.Tensor):
@@ -315,12 +304,7 @@ def _figures(out: Path, rows, sweep_rows, per_model, labels, data) -> None:
     axes[0, 1].set(ylabel="label entropy of top unit (mean)", title="lower = more specific")
     for ax in axes[0, :2]:
         ax.tick_params(axis="x", rotation=45)
-    ax = axes[0, 2]
-    for m in sorted({r["d_sae"] for r in sweep_rows}):
-        pts = sorted((r["l0"], r["fvu"]) for r in sweep_rows if r["d_sae"] == m)
-        ax.plot(*zip(*pts), marker="o", label=f"{m} latents")
-    ax.set(xlabel="L0", ylabel="FVU", xscale="log", title="TopK sweep: sparsity vs reconstruction")
-    ax.legend()
+    plot_frontier(axes[0, 2], sweep_rows)
     fig.suptitle(f"{data['name']} — {data['label']}", fontsize=9)
     save_png(fig, out / "medsae_table.png")
 
