@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from boost_nerf.experts import make_expert
@@ -33,14 +35,16 @@ def _model(backbone: str, mode: str, k: int) -> BoostNeRF:
 
 def _rays(n: int = 64):
     gen = torch.Generator().manual_seed(3)
-    dirs = torch.nn.functional.normalize(torch.randn(n, 3, generator=gen) * 0.2 + torch.tensor([0.0, 0.0, -1.0]), dim=-1)
+    dirs = torch.nn.functional.normalize(
+        torch.randn(n, 3, generator=gen) * 0.2 + torch.tensor([0.0, 0.0, -1.0]), dim=-1
+    )
     origins = torch.tensor([0.0, 0.0, 3.0]) + 0.3 * torch.randn(n, 3, generator=gen) * torch.tensor([1.0, 1.0, 0.0])
     return origins, dirs
 
 
 def _hand_linear(widths: list[int]) -> int:
     """2 * in * out summed over consecutive layer widths."""
-    return sum(2 * a * b for a, b in zip(widths[:-1], widths[1:], strict=True))
+    return sum(2 * a * b for a, b in itertools.pairwise(widths))
 
 
 @pytest.mark.parametrize("backbone", ["dvgo", "tensorf", "ngp"])

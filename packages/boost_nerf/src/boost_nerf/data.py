@@ -1,8 +1,9 @@
-"""Data: posed RGBA views as rays. Real NeRF-Synthetic / Synthetic-NSVF scenes, or the offline procedural scene.
+"""Data: posed views as rays. Real NeRF-Synthetic / Synthetic-NSVF / LLFF scenes, or the offline procedural scene.
 
-All three sources end in the same tensors (ray origins, unit directions, colours on the background), so everything
-after the loader is shared. The offline scene is written by :func:`reprokit.scenes.generate_blender_scene` in the
-Blender layout and read back by the same reader as NeRF-Synthetic.
+All sources end in the same tensors (ray origins, unit directions, colours on the background), so everything after
+the loader is shared. The offline scene is written by :func:`reprokit.scenes.generate_blender_scene` in the Blender
+layout and read back by the same reader as NeRF-Synthetic. LLFF (forward-facing) rays are mapped to NDC
+(:func:`boost_nerf.llff.ndc_rays`) and carry their world-space view directions in ``viewdirs`` for the colour MLPs.
 """
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ import pytorch_lightning as pl
 import torch
 from reprokit.data import make_loader, require_dataset
 from reprokit.scenes import BlenderSplit, camera_rays, generate_blender_scene, read_blender_split
+from torch.nn import functional as F
 from torch.utils.data import Dataset
+
+from boost_nerf.llff import LLFF_HOW, LLFFScene, holdout_split, ndc_rays, read_llff
 
 BLENDER_HOW = (
     "download nerf_synthetic.zip (NeRF authors' Google Drive, linked from https://github.com/bmild/nerf) and point "
@@ -60,9 +64,18 @@ def read_nsvf_split(root: Path, split: str, image_size: int | None = None) -> Bl
     return out
 
 
-def split_to_rays(split: BlenderSplit, background: float) -> dict[str, torch.Tensor]:
-    """Rays of every pixel: ``origins``/``dirs``/``rgb`` ``[N, H, W, 3]`` (colour composited on ``background``)."""
+def split_to_rays(split: BlenderSplit | LLFFScene, background: float) -> dict[str, torch.Tensor]:
+    """Rays of every pixel, each ``[N, H, W, 3]``.
+
+    Blender/NSVF/offline: ``origins``, unit ``dirs`` and ``rgb`` composited on ``background``. LLFF: ``origins`` and
+    unit ``dirs`` in NDC (the sampler then works in the cube ``[-1, 1]^3``, near = 0 and far = 1 along the NDC
+    ray), ``viewdirs`` the world-space unit directions (what the colour MLPs see), and ``rgb`` as photographed.
+    """
     origins, dirs = camera_rays(split.height, split.width, split.focal, split.c2w)
+    if isinstance(split, LLFFScene):
+        o_ndc, d_ndc = ndc_rays(origins, dirs, split.height, split.width, split.focal, near=1.0)
+        # Unit NDC directions: the sampler steps a fixed NDC length, so only the parametrisation of t changes.
+        return {"origins": o_ndc, "dirs": F.normalize(d_ndc, dim=-1), "viewdirs": dirs, "rgb": split.images}
     return {"origins": origins, "dirs": dirs, "rgb": split.rgb(background)}
 
 
@@ -104,10 +117,13 @@ class SceneDataModule(pl.LightningDataModule):
     """Posed views of one scene as rays.
 
     Args:
-        source: ``"offline"`` (procedural scene, the CPU-scale analogue), ``"blender"`` (a NeRF-Synthetic scene)
-            or ``"nsvf"`` (a Synthetic-NSVF scene).
-        data_dir: The scene folder (``source`` blender or nsvf).
-        image_size: Square image size the views are resized to (None: keep; NeRF-Synthetic is 800).
+        source: ``"offline"`` (procedural scene, the CPU-scale analogue), ``"blender"`` (a NeRF-Synthetic scene),
+            ``"nsvf"`` (a Synthetic-NSVF scene) or ``"llff"`` (a forward-facing LLFF scene, NDC rays; use the model's
+            ``aabb = [-1, -1, -1, 1, 1, 1]`` and ``background = 0``).
+        data_dir: The scene folder (``source`` blender, nsvf or llff).
+        image_size: Square image size the views are resized to (None: keep; NeRF-Synthetic is 800). Must be None for
+            LLFF, whose size is set by ``llff_factor``.
+        llff_factor: LLFF downsampling factor: reads ``images_<factor>/`` (DVGO: 4, i.e. 1008 x 756).
         batch_size: Rays per training step (DVGO: 8192).
         background: Background colour the RGBA views are composited on (1 = white).
         max_test_views: Use only the first views of the test split (None: all).
@@ -123,9 +139,10 @@ class SceneDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        source: Literal["offline", "blender", "nsvf"] = "offline",
+        source: Literal["offline", "blender", "nsvf", "llff"] = "offline",
         data_dir: str | None = None,
         image_size: int | None = 32,
+        llff_factor: int = 4,
         batch_size: int = 1024,
         background: float = 1.0,
         max_test_views: int | None = None,
@@ -139,10 +156,15 @@ class SceneDataModule(pl.LightningDataModule):
         num_workers: int = 0,
     ):
         super().__init__()
+        if source == "llff" and image_size is not None:
+            raise ValueError("LLFF images keep their aspect ratio: set image_size to null and choose llff_factor")
         self.save_hyperparameters()
+        self._llff: LLFFScene | None = None
 
     def _real_root(self) -> Path:
         hp = self.hparams
+        if hp.source == "llff":
+            return require_dataset(hp.data_dir, "LLFF scene", LLFF_HOW, ["poses_bounds.npy"])
         if hp.source == "blender":
             return require_dataset(
                 hp.data_dir, "NeRF-Synthetic scene", BLENDER_HOW, ["transforms_train.json", "transforms_test.json"]
@@ -180,6 +202,15 @@ class SceneDataModule(pl.LightningDataModule):
         if hp.source == "offline":
             return read_blender_split(self.offline_root(), split, image_size=hp.image_size)
         root = self._real_root()
+        if hp.source == "llff":
+            if self._llff is None:
+                self._llff = read_llff(root, hp.llff_factor)
+            scene = self._llff
+            train, test = holdout_split(len(scene.images))
+            idx = train if split == "train" else test  # NeRF/DVGO validate on the held-out views too
+            return LLFFScene(
+                scene.images[idx], scene.c2w[idx], scene.bounds[idx], scene.focal, [scene.names[i] for i in idx]
+            )
         if hp.source == "blender":
             return read_blender_split(root, split, image_size=hp.image_size)
         return read_nsvf_split(root, split, hp.image_size)

@@ -139,7 +139,8 @@ class BoostNeRFModule(pl.LightningModule):
         hp = self.hparams
         if hp.occupancy_every and self.global_step > 0 and self.global_step % hp.occupancy_every == 0:
             self.model.update_occupancy()
-        out = self.model.render_rays(batch["origins"], batch["dirs"], self._jitter(len(batch["origins"])))
+        jitter = self._jitter(len(batch["origins"]))
+        out = self.model.render_rays(batch["origins"], batch["dirs"], jitter, viewdirs=batch.get("viewdirs"))
         mse = F.mse_loss(out["rgb"], batch["rgb"])
         loss = mse
         if self.model.mode != "single" and len(out["probs"]) > 0:
@@ -155,12 +156,18 @@ class BoostNeRFModule(pl.LightningModule):
         return loss
 
     # ------------------------------------------------------------------------------------------------ evaluate
-    def render_view(self, origins: torch.Tensor, dirs: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Render one view ``[H, W, 3]`` of rays."""
-        return self.model.render_image(origins, dirs, self.hparams.render_chunk)
+    def render_view(
+        self, origins: torch.Tensor, dirs: torch.Tensor, viewdirs: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Render one view ``[H, W, 3]`` of rays (``viewdirs``: world view directions of NDC rays)."""
+        return self.model.render_image(origins, dirs, self.hparams.render_chunk, viewdirs)
+
+    @staticmethod
+    def _viewdirs(batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        return batch["viewdirs"][0] if "viewdirs" in batch else None
 
     def _evaluate(self, batch: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-        out = self.render_view(batch["origins"][0], batch["dirs"][0])
+        out = self.render_view(batch["origins"][0], batch["dirs"][0], self._viewdirs(batch))
         target = batch["rgb"][0]
         metrics = {f"{prefix}/psnr": psnr(out["rgb"], target), f"{prefix}/ssim": ssim(out["rgb"], target)}
         self.log_dict(metrics, sync_dist=True, batch_size=1)
@@ -173,7 +180,7 @@ class BoostNeRFModule(pl.LightningModule):
         self._evaluate(batch, "test")
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return self.render_view(batch["origins"][0], batch["dirs"][0])["rgb"]
+        return self.render_view(batch["origins"][0], batch["dirs"][0], self._viewdirs(batch))["rgb"]
 
     # ----------------------------------------------------------------------------------------------- optimiser
     def configure_optimizers(self):

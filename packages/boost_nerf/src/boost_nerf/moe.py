@@ -162,7 +162,9 @@ class BoostNeRF(nn.Module):
         rgb_p, alpha_p, counts = dispatch(self.experts, x, d, weights, index, self.act_shift, self.interval)
         return rgb_p, alpha_p, probs, counts
 
-    def _render_packed(self, origins: torch.Tensor, dirs: torch.Tensor, stratified: bool) -> dict[str, torch.Tensor]:
+    def _render_packed(
+        self, origins: torch.Tensor, dirs: torch.Tensor, viewdirs: torch.Tensor, stratified: bool
+    ) -> dict[str, torch.Tensor]:
         """GPU path: nerfacc's OccGridEstimator samples (packed), the same filter, blend and compositing."""
         import nerfacc
 
@@ -181,7 +183,7 @@ class BoostNeRF(nn.Module):
             w_f, _ = render_weight_from_alpha(alpha_f, ray_indices=ray_idx, n_rays=n_rays)
             keep = (alpha_f > self.fast_color_thres) & (w_f > self.fast_color_thres)
         ray_idx, x = ray_idx[keep], x[keep]
-        rgb_p, alpha_p, probs, counts = self._blend(x, dirs[ray_idx])
+        rgb_p, alpha_p, probs, counts = self._blend(x, viewdirs[ray_idx])
         weights, _ = render_weight_from_alpha(alpha_p, ray_indices=ray_idx, n_rays=n_rays)
         rgb = accumulate_along_rays(weights, rgb_p, ray_indices=ray_idx, n_rays=n_rays)
         opacity = accumulate_along_rays(weights, None, ray_indices=ray_idx, n_rays=n_rays)[:, 0]
@@ -196,14 +198,20 @@ class BoostNeRF(nn.Module):
         }
 
     def render_rays(
-        self, origins: torch.Tensor, dirs: torch.Tensor, jitter: torch.Tensor | None = None
+        self,
+        origins: torch.Tensor,
+        dirs: torch.Tensor,
+        jitter: torch.Tensor | None = None,
+        viewdirs: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Render rays ``[R, 3]`` (unit directions).
 
         Args:
             origins: ``[R, 3]``.
-            dirs: ``[R, 3]``.
+            dirs: ``[R, 3]``, the directions samples are taken along (in NDC for forward-facing scenes).
             jitter: Per-ray sample offsets in ``[0, 1)`` ``[R]`` (training), None for mid-step samples.
+            viewdirs: World-space unit view directions ``[R, 3]`` for the colour MLPs and the gate when they differ
+                from ``dirs`` (NDC rays); None uses ``dirs``.
 
         Returns:
             ``rgb`` ``[R, 3]``, ``opacity`` ``[R]``, ``probs`` ``[P, M]`` gate probabilities of the evaluated points
@@ -211,8 +219,9 @@ class BoostNeRF(nn.Module):
             that passed the filter (gated and blended), ``candidates`` the number of points in occupied cells that
             the filter (the finest expert's density) was evaluated on.
         """
+        viewdirs = dirs if viewdirs is None else viewdirs
         if origins.is_cuda and cuda_kernels_available():
-            return self._render_packed(origins, dirs, stratified=jitter is not None)
+            return self._render_packed(origins, dirs, viewdirs, stratified=jitter is not None)
         aabb = self.aabb.to(origins.device)
         t, valid = sample_along_rays(origins, dirs, aabb, self.step, jitter)
         shape = (t.shape[0], t.shape[1])
@@ -224,7 +233,7 @@ class BoostNeRF(nn.Module):
         candidates = torch.tensor(len(x))
         keep = self._keep(x, flat, shape)
         flat, x = flat[keep], x[keep]
-        d = dirs[:, None, :].expand_as(pts).reshape(-1, 3)[flat]
+        d = viewdirs[:, None, :].expand_as(pts).reshape(-1, 3)[flat]
         rgb_p, alpha_p, probs, counts = self._blend(x, d)
         n = shape[0] * shape[1]
         alphas = alpha_p.new_zeros(n).index_copy(0, flat, alpha_p).view(shape)
@@ -240,8 +249,10 @@ class BoostNeRF(nn.Module):
         }
 
     @torch.no_grad()
-    def render_image(self, origins: torch.Tensor, dirs: torch.Tensor, chunk: int = 8192) -> dict[str, torch.Tensor]:
-        """Render one view's rays ``[H, W, 3]`` in chunks.
+    def render_image(
+        self, origins: torch.Tensor, dirs: torch.Tensor, chunk: int = 8192, viewdirs: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Render one view's rays ``[H, W, 3]`` in chunks (``viewdirs`` ``[H, W, 3]``: see :meth:`render_rays`).
 
         Returns:
             ``rgb`` ``[H, W, 3]``, ``opacity`` ``[H, W]``; ``counts`` ``[M]``, ``points`` and ``candidates`` summed
@@ -249,9 +260,10 @@ class BoostNeRF(nn.Module):
         """
         h, w = origins.shape[:2]
         o, d = origins.reshape(-1, 3), dirs.reshape(-1, 3)
+        v = d if viewdirs is None else viewdirs.reshape(-1, 3)
         rgb, opacity, counts, points, candidates = [], [], 0, 0, 0
         for i in range(0, len(o), chunk):
-            out = self.render_rays(o[i : i + chunk], d[i : i + chunk])
+            out = self.render_rays(o[i : i + chunk], d[i : i + chunk], viewdirs=v[i : i + chunk])
             rgb.append(out["rgb"])
             opacity.append(out["opacity"])
             counts = counts + out["counts"]

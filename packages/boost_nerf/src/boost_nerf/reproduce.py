@@ -66,6 +66,10 @@ def _common(scale: str, quick: bool, data_dir: Path | None) -> list[str]:
     return args
 
 
+def _viewdirs(rays: dict[str, torch.Tensor], i: int) -> torch.Tensor | None:
+    return rays["viewdirs"][i] if "viewdirs" in rays else None
+
+
 @torch.no_grad()
 def evaluate(module, datamodule, n_flop_views: int = 1) -> dict[str, Any]:
     """Test-view PSNR / SSIM (/ LPIPS), GFLOPs and seconds per frame, ``||w||_0`` and expert shares of a model."""
@@ -76,7 +80,7 @@ def evaluate(module, datamodule, n_flop_views: int = 1) -> dict[str, Any]:
     psnrs, ssims, lpips, times, renders, counts = [], [], [], [], [], 0
     for i in range(len(split.images)):
         start = time.perf_counter()
-        out = module.render_view(rays["origins"][i], rays["dirs"][i])
+        out = module.render_view(rays["origins"][i], rays["dirs"][i], _viewdirs(rays, i))
         times.append(time.perf_counter() - start)
         psnrs.append(float(psnr(out["rgb"], rays["rgb"][i])))
         ssims.append(float(ssim(out["rgb"], rays["rgb"][i])))
@@ -85,7 +89,7 @@ def evaluate(module, datamodule, n_flop_views: int = 1) -> dict[str, Any]:
         counts = counts + out["counts"]
     flops, split = [], {"filter": 0, "gate": 0, "experts": 0}
     for i in range(n_flop_views):
-        counted, out = count_flops(module.render_view, rays["origins"][i], rays["dirs"][i])
+        counted, out = count_flops(module.render_view, rays["origins"][i], rays["dirs"][i], _viewdirs(rays, i))
         flops.append(counted)
         # The same FLOPs from the points each part evaluated (filter, gate, each routed expert): where they go.
         parts = module.model.matmul_flops(out["counts"], int(out["points"]), int(out["candidates"]))
