@@ -32,6 +32,16 @@ def test_module_assigns_nested_levels_from_gradients():
     # Gaussians nobody sees (zero gradient) are the ones pruned first.
     out = module.render({**view, "image": view["image"][None]})
     assert out.rgb.shape == (16, 16, 3)
+    # Fade-in: level 2 with its enhancement set at zero opacity renders exactly as level 1, at full opacity as level 2.
+    with torch.no_grad():
+        module.gaussians.opacity_logits.fill_(2.0)  # opaque enough that level 2 visibly differs from level 1
+        batch = {**view, "image": view["image"][None]}
+        lvl1, lvl2 = module.render(batch, 1).rgb, module.render(batch, 2).rgb
+        assert (lvl2 - lvl1).abs().max() > 1e-3
+        torch.testing.assert_close(module.render(batch, 2, fade=0.0).rgb, lvl1, rtol=0, atol=1e-6)
+        torch.testing.assert_close(module.render(batch, 2, fade=1.0).rgb, lvl2, rtol=0, atol=0)
+        half = module.render(batch, 2, fade=0.5).rgb
+        assert 0 < (half - lvl1).abs().max() < (lvl2 - lvl1).abs().max() + 1e-6
 
 
 def test_blender_to_opencv_viewmat():
@@ -67,3 +77,10 @@ def test_colmap_text_reader(tmp_path):
     torch.testing.assert_close(model.points, torch.tensor([[0.1, 0.2, 0.3], [-1.0, 0, 1]]))
     torch.testing.assert_close(model.colors[0], torch.tensor([1.0, 0.0, 128 / 255]))
     assert math.isclose(model.sizes[0][0], 100)
+
+
+def test_lpips_is_nan_offline_without_weights(monkeypatch, tmp_path):
+    from gode.metrics import lpips
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))  # an empty hub cache: no VGG weights
+    assert math.isnan(lpips(torch.rand(16, 16, 3), torch.rand(16, 16, 3)))

@@ -22,6 +22,9 @@ def decode_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scene", type=Path, default=None, help="Blender-format scene whose test camera to render")
     parser.add_argument("--view", type=int, default=0, help="test view index")
     parser.add_argument("--background", type=float, default=1.0, help="background grey level")
+    parser.add_argument(
+        "--fade", type=float, default=1.0, help="opacity scale of the highest decoded level's Gaussians (fade-in)"
+    )
     parser.add_argument("--out", type=Path, default=None, help="PNG to write the render to")
     return parser
 
@@ -44,12 +47,16 @@ def decode_main(argv: list[str]) -> None:
 
     from gode.data import blender_views
     from gode.gaussians import activate
+    from gode.levels import fade_opacities
     from gode.rasterizer import rasterize
 
     view = blender_views(opts.scene, "test", None, opts.background, opts.view + 1)[opts.view]
     height, width = view["image"].shape[:2]
+    params = activate(raw)
+    top = int(levels.max())
+    params["opacities"] = fade_opacities(params["opacities"], levels, top, opts.fade)
     out = rasterize(
-        **activate(raw),
+        **params,
         viewmat=view["viewmat"],
         K=view["K"],
         width=width,

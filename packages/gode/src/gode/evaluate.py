@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 
 from gode.gaussians import activate
 from gode.lightning_module import GoDeModule
-from gode.metrics import psnr, ssim
+from gode.metrics import lpips, psnr, ssim
 from gode.quant import quantize_params
 
 
@@ -24,13 +24,14 @@ def subset_params(module: GoDeModule, idx: torch.Tensor, quantize: bool = True) 
 
 @torch.no_grad()
 def evaluate(module: GoDeModule, params: dict[str, torch.Tensor], views: Dataset) -> dict[str, float]:
-    """Mean PSNR and SSIM of ``params`` rendered into every view of ``views``."""
-    scores: dict[str, list[float]] = {"psnr": [], "ssim": []}
+    """Mean PSNR, SSIM and LPIPS (nan without its weights offline) of ``params`` rendered into every view."""
+    scores: dict[str, list[float]] = {"psnr": [], "ssim": [], "lpips": []}
     for i in range(len(views)):
         view = views[i]
         out = module.render_params(params, view)
         scores["psnr"].append(float(psnr(out.rgb, view["image"])))
         scores["ssim"].append(float(ssim(out.rgb, view["image"])))
+        scores["lpips"].append(lpips(out.rgb, view["image"]))
     return {k: statistics.fmean(v) for k, v in scores.items()}
 
 

@@ -17,7 +17,14 @@ import torch
 
 from gode import densify, mcmc
 from gode.gaussians import Gaussians, activate
-from gode.levels import assign_levels, gradient_importance, level_mask, level_sizes, sample_level
+from gode.levels import (
+    assign_levels,
+    fade_opacities,
+    gradient_importance,
+    level_mask,
+    level_sizes,
+    sample_level,
+)
 from gode.metrics import photometric_loss, psnr, ssim
 from gode.quant import quantize_params
 from gode.rasterizer import Render, rasterize
@@ -56,9 +63,9 @@ class GoDeModule(pl.LightningModule):
         refine_stop: Last step of MCMC relocation / default densification, exclusive (``densify_until_iter``).
         refine_every: Steps between relocations / densifications (``densification_interval``).
         min_opacity: Opacity under which a Gaussian is dead: relocated (MCMC) or pruned (default).
-        noise_lr: Scale of the MCMC position noise (times the current centres learning rate).
-        opacity_reg: L1 weight on opacities.
-        scale_reg: L1 weight on scales.
+        noise_lr: Scale of the MCMC position noise (times the current centres learning rate; MCMC only).
+        opacity_reg: L1 weight on opacities (MCMC only).
+        scale_reg: L1 weight on scales (MCMC only).
         num_levels: Levels of detail ``L`` (0: no levels, plain 3DGS-MCMC).
         lod_start: Step at which levels are assigned and LoD fine-tuning starts.
         min_level_size: ``|G_0|``.
@@ -173,13 +180,19 @@ class GoDeModule(pl.LightningModule):
         """Number of renderable levels (1 for a model without levels)."""
         return max(self.hparams.num_levels, 1) if self.lod_active else 1
 
-    def splats(self, level: int | None = None, quantize: bool = False) -> dict[str, torch.Tensor]:
-        """Render-ready parameters of level ``level`` (None: every stored Gaussian), optionally quantised."""
+    def splats(self, level: int | None = None, quantize: bool = False, fade: float = 1.0) -> dict[str, torch.Tensor]:
+        """Render-ready parameters of level ``level`` (None: every stored Gaussian), optionally quantised.
+
+        ``fade`` in [0, 1] scales the opacity of the level's newest Gaussians (its enhancement set), so that a viewer
+        stepping up a level can blend them in instead of popping (GoDe's fade-in).
+        """
         raw = self.gaussians.raw()
         stored = self.level_of >= 0
         if quantize:
             raw, _ = quantize_params(raw, mask=stored)
         params = activate(raw)
+        if fade != 1.0 and level is not None:
+            params["opacities"] = fade_opacities(params["opacities"], self.level_of, level, fade)
         keep = stored if level is None else level_mask(self.level_of, level)
         if bool(keep.all()):
             return params
@@ -201,11 +214,16 @@ class GoDeModule(pl.LightningModule):
             tile_size=self.hparams.tile_size,
         )
 
-    def render(self, batch: dict[str, Any], level: int | None = None, quantize: bool | None = None) -> Render:
-        """Render level ``level`` of the model into the view of ``batch``; quantised once QAT is on (default)."""
+    def render(
+        self, batch: dict[str, Any], level: int | None = None, quantize: bool | None = None, fade: float = 1.0
+    ) -> Render:
+        """Render level ``level`` of the model into the view of ``batch``; quantised once QAT is on (default).
+
+        ``fade`` < 1 renders the level with its enhancement set fading in (see :meth:`splats`).
+        """
         if quantize is None:
             quantize = self.lod_active and self.hparams.qat
-        return self.render_params(self.splats(level, quantize), batch)
+        return self.render_params(self.splats(level, quantize, fade), batch)
 
     def _sh_degree_now(self) -> int:
         return min(self.hparams.sh_degree, self.global_step // max(self.hparams.sh_degree_interval, 1))

@@ -1,6 +1,8 @@
-"""Image metrics of the paper's tables (PSNR, SSIM) and the photometric training loss, on ``[H, W, 3]`` images."""
+"""Image metrics of the paper's tables (PSNR, SSIM, LPIPS) and the photometric training loss, on ``[H, W, 3]``."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
@@ -25,4 +27,25 @@ def photometric_loss(pred: torch.Tensor, target: torch.Tensor, ssim_lambda: floa
     l1 = (pred - target).abs().mean()
     return (1 - ssim_lambda) * l1 + ssim_lambda * (
         1 - structural_similarity_index_measure(_nchw(pred), _nchw(target), data_range=1.0)
+    )
+
+
+def lpips_available() -> bool:
+    """Whether LPIPS (VGG) can run offline: its torchvision VGG16 weights are already in the torch hub cache."""
+    return (Path(torch.hub.get_dir()) / "checkpoints" / "vgg16-397923af.pth").is_file()
+
+
+def lpips(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """LPIPS with a VGG backbone (as 3DGS reports it) of ``[H, W, 3]`` images in [0, 1]; nan without its weights.
+
+    Only weights already on this machine are used: a download attempt on an offline machine can hang.
+    """
+    if not lpips_available():
+        return float("nan")
+    from torchmetrics.functional.image.lpips import learned_perceptual_image_patch_similarity
+
+    return float(
+        learned_perceptual_image_patch_similarity(
+            _nchw(pred.clamp(0, 1)) * 2 - 1, _nchw(target) * 2 - 1, net_type="vgg"
+        )
     )

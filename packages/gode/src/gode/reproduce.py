@@ -111,12 +111,12 @@ def run_one(
             "mb": _mb(level_bytes[level]),
             "psnr": scores["psnr"],
             "ssim": scores["ssim"],
-            "lpips": float("nan"),
+            "lpips": scores["lpips"],
             "render_ms": render_time_ms(module, params, views[0]),
         }
         row["fps"] = 1000.0 / row["render_ms"]
         rows.append(row)
-        for key in ("psnr", "ssim", "mb", "gaussians", "render_ms"):
+        for key in ("psnr", "ssim", "lpips", "mb", "gaussians", "render_ms"):
             metrics[f"gode.L{level}.{key}"] = row[key]
 
     # --- baselines at the same counts
@@ -198,8 +198,9 @@ def run_one(
         f"{data['label']}: {data['name']}. One GoDe model, {num_levels} nested levels (sizes "
         f"{level_sizes(len(module.gaussians), hp.num_levels, hp.min_level_size, hp.max_fraction)}); MB = bytes to "
         "decode levels 0..l (header, dictionaries and level files; Morton order + zstd 22 with long-distance "
-        "matching). PSNR/SSIM on the test views of the quantised model (what the files decode to). LPIPS: no "
-        "pretrained weights offline (n/a). 'separate' = a non-scalable model trained with the same recipe at that "
+        "matching). PSNR/SSIM/LPIPS on the test views of the quantised model (what the files decode to); "
+        "LPIPS (VGG) is n/a when its weights are not in the torch hub cache (offline). 'separate' = a "
+        "non-scalable model trained with the same recipe at that "
         f"count; pruning baselines prune the separate top-level model. Decoded-vs-trained max |Δ| = {max_diff:.2g}. "
         f"Claims: PSNR monotonic = {bool(metrics['claim.psnr_monotonic'])}; top-level gap to the separate model = "
         f"{metrics['claim.top_gap_db']:+.2f} dB (want <= 0.5); min margin over opacity / random pruning = "
