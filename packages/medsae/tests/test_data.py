@@ -67,3 +67,31 @@ def test_missing_chexpert_is_reported_in_prepare_data_not_init(tmp_path):
         dm.prepare_data()
     with pytest.raises(DatasetNotFoundError, match="stanfordmlgroup"):
         dm.setup("fit")
+
+
+def test_paper_reproduce_without_data_fails_in_one_line(tmp_path, capsys):
+    from medsae.cli import main
+
+    data, out = tmp_path / "data", tmp_path / "out"
+    args = ["reproduce", "--scale", "paper", "--data_dir", str(data), "--out", str(out)]
+    for round_, needles in enumerate(
+        (("CheXpert not found", "stanfordmlgroup", "train.csv"), ("MedCLIP-RN50 weights not found", "medclip"))
+    ):
+        if round_ == 1:  # the data is there now, the weights are not
+            _fake_chexpert(data / "CheXpert-v1.0-small")
+        with pytest.raises(SystemExit) as exc:
+            main(args)
+        assert exc.value.code == 2
+        captured = capsys.readouterr()
+        assert captured.err.startswith("medsae: error:") and captured.err.count("\n") == 1, captured.err
+        assert all(n in captured.err for n in needles), captured.err
+        assert not out.exists() and not (tmp_path / "runs").exists()
+
+
+def test_missing_medclip_weights_stop_prepare_data_clearly(tmp_path):
+    root = _fake_chexpert(tmp_path / "CheXpert-v1.0-small")
+    dm = EmbeddingDataModule(
+        source="chexpert", data_dir=str(root), encoder="medclip", encoder_ckpt=str(tmp_path / "nope.bin")
+    )
+    with pytest.raises(DatasetNotFoundError, match=r"MedCLIP-RN50 weights not found at .*nope\.bin"):
+        dm.prepare_data()

@@ -250,3 +250,80 @@ def test_bad_shapes_and_arguments_are_clear():
         make_sae("gated", 4, 8)
     with pytest.raises(ValueError, match="k must be"):
         make_sae("topk", 4, 8, k=9)
+
+
+def _mean_grads(per_sample):
+    return {k: sum(g[k] for g in per_sample) / len(per_sample) for k in per_sample[0]}
+
+
+def test_april_backward_by_hand():
+    sae = _hand_case(AprilSAE, l1_coeff=0.1)
+    with torch.no_grad():
+        sae.W_dec.mul_(torch.tensor([[2.0], [1.0], [0.5]], dtype=torch.float64))
+    x = torch.tensor([[1.5, 1.0]], dtype=torch.float64)
+    out = sae.loss(x)
+    out["loss"].backward()
+    f, W_dec = out["f"][0].detach(), sae.W_dec.detach()
+    norms = W_dec.norm(dim=1)
+    g_xhat = -2 * (x[0] - (f @ W_dec + sae.b_dec.detach()))
+    # L1 term l1 * sum_i f_i |d_i|: dL/df_i gains l1 |d_i|, dL/dd_i gains l1 f_i d_i / |d_i|
+    g_f = (W_dec @ g_xhat + 0.1 * norms) * (f > 0)
+    want = {
+        "W_dec": f[:, None] * g_xhat[None, :] + 0.1 * f[:, None] * W_dec / norms[:, None],
+        "W_enc": g_f[:, None] * x[0][None, :],  # no b_dec subtraction in the encoder
+        "b_enc": g_f,
+        "b_dec": g_xhat,
+    }
+    for name, g in want.items():
+        assert torch.allclose(getattr(sae, name).grad, g, atol=1e-12), name
+
+
+def _batch_case(cls, **kwargs):
+    """Two samples where the batch-wide top 2 (k = 1, B = 2) both come from the second sample."""
+    sae = cls(2, 3, k=1, **kwargs).double()
+    _set(sae, [[1, 0], [0, 1], [1, 1]], [0.0, -0.5, -0.8], [[1, 0], [0, 1], [S, S]], [0.5, 0.0])
+    # x - b_dec = (1, 1) and (0, 2.5): pre-activations (1, 0.5, 1.2) and (0, 2, 1.7)
+    x = torch.tensor([[1.5, 1.0], [0.5, 2.5]], dtype=torch.float64)
+    masks = [torch.zeros(3, dtype=torch.float64), torch.tensor([0.0, 1.0, 1.0], dtype=torch.float64)]
+    return sae, x, masks
+
+
+def test_batch_topk_forward_backward_by_hand():
+    sae, x, masks = _batch_case(BatchTopKSAE)
+    out = sae.loss(x)
+    # per-sample top-1 would keep latent 2 of sample 0; the batch-wide top 2 are 2.0 and 1.7, both in sample 1
+    assert torch.equal(out["f"], torch.tensor([[0.0, 0.0, 0.0], [0.0, 2.0, 1.7]], dtype=torch.float64))
+    # sample 0 is reconstructed by b_dec alone: error (1, 1); sample 1: x_hat = (0.5 + 1.7 s, 2 + 1.7 s)
+    want_mse = (2.0 + (1.7 * S) ** 2 + (0.5 - 1.7 * S) ** 2) / 2
+    assert out["mse"].item() == pytest.approx(want_mse) and out["loss"].item() == pytest.approx(want_mse)
+    out["loss"].backward()
+    args = sae.W_dec.detach(), sae.W_enc.detach()
+    want = _mean_grads(
+        [_analytic_grads(out["f"][b].detach(), *args, x[b], sae.b_dec.detach(), 0.0, masks[b]) for b in range(2)]
+    )
+    for name, g in want.items():
+        assert torch.allclose(getattr(sae, name).grad, g, atol=1e-12), name
+
+
+def test_matryoshka_forward_backward_by_hand():
+    sae, x, masks = _batch_case(MatryoshkaSAE, group_fractions=(1 / 3, 2 / 3))
+    assert sae.prefix_ends == [1, 3]
+    out = sae.loss(x)
+    assert torch.equal(out["f"], torch.tensor([[0.0, 0.0, 0.0], [0.0, 2.0, 1.7]], dtype=torch.float64))
+    # prefix {0}: latent 0 is off in both samples, so x_hat = b_dec: errors |(1, 1)|^2 = 2 and |(0, 2.5)|^2 = 6.25
+    small = (2.0 + 6.25) / 2
+    full = (2.0 + (1.7 * S) ** 2 + (0.5 - 1.7 * S) ** 2) / 2
+    assert out["mse"].item() == pytest.approx((small + full) / 2)
+    out["loss"].backward()
+    args = sae.W_dec.detach(), sae.W_enc.detach()
+    prefix = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
+    per_prefix = []
+    for keep in (prefix, torch.ones(3, dtype=torch.float64)):
+        grads = [
+            _analytic_grads(out["f"][b].detach() * keep, *args, x[b], sae.b_dec.detach(), 0.0, masks[b] * keep)
+            for b in range(2)
+        ]
+        per_prefix.append(_mean_grads(grads))
+    want = _mean_grads(per_prefix)
+    for name, g in want.items():
+        assert torch.allclose(getattr(sae, name).grad, g, atol=1e-12), name
