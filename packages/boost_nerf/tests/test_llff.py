@@ -199,3 +199,34 @@ def test_missing_llff_scene_and_bad_image_size(tmp_path):
         dm.prepare_data()
     with pytest.raises(ValueError, match="image_size"):
         SceneDataModule(source="llff", data_dir=str(tmp_path), image_size=32)
+
+
+def test_reproduce_paper_scale_recognises_an_llff_root(tmp_path, monkeypatch):
+    """--data_dir nerf_llff_data/ runs the LLFF protocol: llff_* configs, Top-2 only, results boost_table_llff."""
+    from boost_nerf import reproduce
+
+    root = tmp_path / "nerf_llff_data"
+    for scene in reproduce.LLFF_SCENES:
+        (root / scene).mkdir(parents=True)
+        (root / scene / "poses_bounds.npy").write_bytes(b"")
+    calls = []
+
+    def fake_backbone(backbone, scale, quick, out, data_dir, seed, dataset="offline"):
+        calls.append((backbone, data_dir.name, dataset))
+        modes = reproduce.DATASET_MODES[dataset]
+        metrics = {f"{backbone}.{m}.psnr": 20.0 for m in ("baseline", *modes)}
+        return [], metrics, {}
+
+    monkeypatch.setattr(reproduce, "run_backbone", fake_backbone)
+    monkeypatch.setattr(reproduce, "_figures", lambda *a, **k: None)
+    written = []
+    monkeypatch.setattr(reproduce, "_write_table", lambda name, *a, **k: written.append(name))
+    monkeypatch.setattr(reproduce, "print_check", lambda *a, **k: None)
+    reproduce.run("paper", False, tmp_path / "out", data_dir=root)
+    assert {c[2] for c in calls} == {"llff"} and {c[1] for c in calls} == set(reproduce.LLFF_SCENES)
+    assert len(calls) == 3 * 8 and set(written) == {"boost_table_llff"}
+    assert reproduce.DATASET_MODES["llff"] == ("top2",)
+    for backbone in ("dvgo", "tensorf", "ngp"):  # the configs the protocol will read exist
+        pkg = reproduce.package_path("boost_nerf", "configs") / "paper"
+        assert (pkg / f"llff_{backbone}_top2.yaml").is_file()
+        assert all((pkg / f"llff_{backbone}_expert{r}.yaml").is_file() for r in (128, 160, 200, 256, 300, 350))

@@ -2,7 +2,9 @@
 
 Writes the table baseline | Top-1 | Top-2 | Ensemble (PSNR / SSIM / GFLOPs per frame) per backbone, test renders
 and an orbit GIF. ``--scale cpu`` runs the offline procedural scene (the CPU-scale analogue); ``--scale paper`` runs
-NeRF-Synthetic scenes from ``--data_dir`` (one folder per scene) with the paper's resolutions (GPU).
+NeRF-Synthetic scenes from ``--data_dir`` (one folder per scene) with the paper's resolutions (GPU), or, when
+``--data_dir`` is ``nerf_llff_data/`` (it holds ``fern/poses_bounds.npy``), the paper's LLFF experiment: baseline and
+Top-2 per backbone on the eight forward-facing scenes in NDC (results ``boost_table_llff``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from boost_nerf.metrics import count_flops, lpips_or_none, nonzero_parameters, p
 PAPER = "boost_nerf"
 MODES = ("top1", "top2", "ensemble")
 BLENDER_SCENES = ("chair", "drums", "ficus", "hotdog", "lego", "materials", "mic", "ship")
+LLFF_SCENES = ("fern", "flower", "fortress", "horns", "leaves", "orchids", "room", "trex")
+#: Stage-2 runs per dataset: the paper reports only Top-2 on LLFF.
+DATASET_MODES = {"offline": MODES, "blender": MODES, "llff": ("top2",)}
 
 #: --quick: one backbone, two small experts, few steps (a smoke run of the whole protocol).
 #: The gate reuses the 16^3 expert's checkpoint (the lowest resolution), so stage 1 trains two models.
@@ -130,12 +135,17 @@ def _fit(config: Path, experiment: str, args: list[str]) -> tuple[Any, float]:
 
 
 def run_backbone(
-    backbone: str, scale: str, quick: bool, out: Path, data_dir: Path | None, seed: int
+    backbone: str, scale: str, quick: bool, out: Path, data_dir: Path | None, seed: int, dataset: str = "offline"
 ) -> tuple[list[dict[str, Any]], dict[str, float], dict[str, Any]]:
-    """Both stages for one backbone; returns table rows, flat metrics and what the figures need."""
+    """Both stages for one backbone; returns table rows, flat metrics and what the figures need.
+
+    ``dataset`` is ``"offline"`` (scale cpu), ``"blender"`` or ``"llff"`` (scale paper): it picks the configs
+    (``configs/paper/<dataset>_*.yaml``) and the stage-2 runs (:data:`DATASET_MODES`).
+    """
     configs = package_path(PAPER, "configs")
     sub = "cpu" if scale == "cpu" else "paper"
-    prefix = "" if scale == "cpu" else "blender_"
+    prefix = "" if scale == "cpu" else f"{dataset}_"
+    modes = DATASET_MODES[dataset]
     common = [*_common(scale, quick, data_dir), f"--seed_everything={seed}"]
     spec = QUICK if quick else FULL_CPU
     gate_res = spec["gate"] if scale == "cpu" else 128
@@ -166,7 +176,7 @@ def run_backbone(
             rows.append(_row(backbone, "baseline", f"single {res}^3", ev, fit_s))
             keep["baseline"] = ev
             keep["split"] = result["cli"].datamodule.test_split
-    for name in MODES:
+    for name in modes:
         print(f"[{PAPER}] {backbone}: stage 2, {name}", flush=True)
         cfg = configs / sub / f"{prefix}{backbone}_{name}.yaml"
         init = [
@@ -177,7 +187,7 @@ def run_backbone(
         ev = evaluate(result["cli"].model, result["cli"].datamodule)
         rows.append(_row(backbone, name, f"{len(resolutions)} experts {resolutions}, gate {gate_res}^3", ev, fit_s))
         keep[name] = ev
-        if name == "top2":
+        if name == "top2" and dataset != "llff":  # an orbit on a sphere does not suit forward-facing NDC scenes
             _orbit_gif(result["cli"].model, keep["split"], out / f"orbit_{backbone}_top2.gif")
     for row in rows:
         for key in ("psnr", "ssim", "gflops"):
@@ -208,8 +218,8 @@ def _row(backbone: str, method: str, setup: str, ev: dict[str, Any], fit_s: floa
     }
 
 
-def _figures(out: Path, backbone: str, keep: dict[str, Any], label: str) -> None:
-    methods = ["baseline", *MODES]
+def _figures(out: Path, backbone: str, keep: dict[str, Any], label: str, modes: tuple[str, ...] = MODES) -> None:
+    methods = ["baseline", *modes]
     n_views = min(3, len(keep["baseline"]["targets"]))
     fig, axes = figure(n_views, len(methods) + 1, width=2.0, height=2.0)
     for v in range(n_views):
@@ -225,7 +235,7 @@ def _figures(out: Path, backbone: str, keep: dict[str, Any], label: str) -> None
     fig, ax = figure()
     ax = ax[0, 0]
     colors = [COLORS["baseline"], COLORS["reference"], COLORS["method"], COLORS["extra"]]
-    for m, c in zip(methods, colors, strict=True):
+    for m, c in zip(methods, colors[: len(methods)], strict=True):
         ax.scatter(keep[m]["gflops"], keep[m]["psnr"], color=c, label=m, s=40)
     ax.set(xlabel="GFLOPs per frame (torch FLOP counter)", ylabel="test PSNR (dB)", title=f"{backbone} ({label})")
     ax.legend()
@@ -233,6 +243,7 @@ def _figures(out: Path, backbone: str, keep: dict[str, Any], label: str) -> None
 
 
 def _write_table(
+    name: str,
     out: Path,
     scale: str,
     quick: bool,
@@ -242,6 +253,7 @@ def _write_table(
     seed: int,
     wall_s: float,
 ) -> None:
+    methods = ["Top-2"] if name.endswith("llff") else ["Top-1", "Top-2", "Ensemble"]
     # The paper reports the mean over the scenes.
     metrics = {key: sum(values) / len(values) for key, values in per_scene.items()}
     lpips_note = (
@@ -251,7 +263,7 @@ def _write_table(
     )
     write_results(
         out,
-        "boost_table",
+        name,
         paper=PAPER,
         scale=scale_name(scale, quick),
         data=data,
@@ -272,7 +284,7 @@ def _write_table(
             ("expert_share", "points per expert"),
             ("fit_s", "fit s"),
         ],
-        title=f"Boost Your NeRF: baseline | Top-1 | Top-2 | Ensemble — {data['label']} ({lpips_note})",
+        title=f"Boost Your NeRF: baseline | {' | '.join(methods)} — {data['label']} ({lpips_note})",
         meta=run_metadata(
             seed=seed, config="configs/" + ("cpu" if scale == "cpu" else "paper"), wall_time_s=wall_s, quick=quick
         ),
@@ -284,16 +296,22 @@ def run(scale: str, quick: bool, out: Path, data_dir: Path | None = None, seeds:
     out = Path(out)
     start = time.perf_counter()
     seed = (seeds or [0])[0]
+    dataset, name, label = "offline", "boost_table", None
     if scale == "paper":
         if data_dir is None:
             from reprokit.cli import ReproError
 
             raise ReproError(
                 "reproduce --scale paper needs --data_dir pointing at nerf_synthetic/ (scenes "
-                f"{', '.join(BLENDER_SCENES)})"
+                f"{', '.join(BLENDER_SCENES)}) or nerf_llff_data/ (scenes {', '.join(LLFF_SCENES)})"
             )
-        data = data_info("real", "NeRF-Synthetic", data_dir)
-        scene_dirs = [data_dir / s for s in BLENDER_SCENES]
+        data_dir = Path(data_dir)
+        if (data_dir / LLFF_SCENES[0] / "poses_bounds.npy").is_file():
+            dataset, name, label, scenes = "llff", "boost_table_llff", "LLFF", LLFF_SCENES
+        else:
+            dataset, label, scenes = "blender", "NeRF-Synthetic", BLENDER_SCENES
+        data = data_info("real", label, data_dir)
+        scene_dirs = [data_dir / s for s in scenes]
     else:
         data = data_info("offline", "procedural Blender-format scene (reprokit.scenes)", seed=0)
         scene_dirs = [None]
@@ -302,12 +320,12 @@ def run(scale: str, quick: bool, out: Path, data_dir: Path | None = None, seeds:
     per_scene: dict[str, list[float]] = {}
     for scene_dir in scene_dirs:
         for backbone in backbones:
-            b_rows, b_metrics, keep = run_backbone(backbone, scale, quick, out, scene_dir, seed)
+            b_rows, b_metrics, keep = run_backbone(backbone, scale, quick, out, scene_dir, seed, dataset)
             rows += [{**r, "scene": scene_dir.name if scene_dir else "procedural"} for r in b_rows]
             for key, value in b_metrics.items():
                 per_scene.setdefault(key, []).append(value)
-            _figures(out, backbone, keep, data["label"] if scale == "cpu" else "NeRF-Synthetic")
+            _figures(out, backbone, keep, label or data["label"], DATASET_MODES[dataset])
             # Written after every backbone, so a long run that is stopped keeps what it finished.
-            _write_table(out, scale, quick, data, rows, per_scene, seed, time.perf_counter() - start)
+            _write_table(name, out, scale, quick, data, rows, per_scene, seed, time.perf_counter() - start)
     atomic_write_json(out / "timing.json", {"wall_time_s": time.perf_counter() - start, "scale": scale, "quick": quick})
     print_check(out, package_path(PAPER, "expected"))
