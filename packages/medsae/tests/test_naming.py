@@ -132,3 +132,35 @@ def test_protocol_names_and_evaluates_a_planted_latent():
     assert "nodule" in names[0].concept
     scores = evaluate_names(acts, {0: names[0]}, namer, lambda idx: torch.zeros(len(idx), 1, 2, 2), labels)
     assert scores[0]["f1"] == pytest.approx(1.0)
+
+
+def test_transformers_chat_is_greedy_and_returns_only_the_new_tokens():
+    from medsae.naming import TransformersChat
+
+    calls = {}
+
+    class Inputs(dict):
+        def to(self, device):
+            calls["device"] = device
+            return self
+
+    class Processor:
+        def apply_chat_template(self, messages, **kwargs):
+            calls["template"] = (messages, kwargs)
+            return Inputs(input_ids=torch.tensor([[11, 12, 13]]))
+
+        def decode(self, tokens, skip_special_tokens):
+            return " ".join(str(t) for t in tokens.tolist())
+
+    class Model:
+        def generate(self, **kwargs):
+            calls["generate"] = kwargs
+            return torch.tensor([[11, 12, 13, 42, 43]])  # the prompt, then the answer
+
+    chat = TransformersChat("local/tiny", max_new_tokens=7, device="cpu")
+    chat.processor, chat.model = Processor(), Model()  # stand-ins for the hub model: no download
+    messages = VLMNamer._messages(torch.rand(2, 1, 8, 8), "name it")
+    assert chat(messages) == "42 43"
+    assert calls["generate"]["do_sample"] is False and calls["generate"]["max_new_tokens"] == 7
+    assert calls["template"][1]["add_generation_prompt"] is True and calls["device"] == "cpu"
+    assert [p["type"] for p in calls["template"][0][1]["content"]] == ["image", "image", "text"]
