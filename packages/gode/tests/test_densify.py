@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 from gode import densify
 from gode.rasterizer import composite, rasterize
@@ -154,6 +155,31 @@ def test_retained_means2d_gradient_is_the_screen_space_derivative():
                 shift[i, j] = eps
                 fd[i, j] = (loss(means2d + shift) - loss(means2d - shift)) / (2 * eps)
     torch.testing.assert_close(grad, fd, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.gpu
+def test_gsplat_means2d_gradient_matches_the_cpu_path():
+    # The statistics read means2d.grad on either path: gsplat's [1, N, 2] and the CPU [N, 2] must agree.
+    gen = torch.Generator().manual_seed(5)
+    n = 40
+    means = torch.cat([torch.rand(n, 2, generator=gen) - 0.5, 0.3 * torch.rand(n, 1, generator=gen)], -1)
+    quats = torch.randn(n, 4, generator=gen)
+    scales = 0.05 + 0.1 * torch.rand(n, 3, generator=gen)
+    opac = 0.3 + 0.6 * torch.rand(n, generator=gen)
+    coeffs = torch.randn(n, 1, 3, generator=gen)
+    viewmat = torch.eye(4)
+    viewmat[2, 3] = 3.0
+    K = torch.tensor([[30.0, 0, 16], [0, 30.0, 12], [0, 0, 1]])
+    weights = torch.rand(24, 32, 3, generator=gen)
+    grads = []
+    for use_cuda in (True, False):
+        args = [t.cuda() for t in (means, quats, scales, opac, coeffs, viewmat, K)]
+        out = rasterize(*args[:5], args[5], args[6], 32, 24, use_cuda=use_cuda)
+        out.means2d.retain_grad()
+        (out.rgb * weights.cuda()).sum().backward()
+        grads.append(out.means2d.grad.reshape(n, 2))
+        assert (out.radii.reshape(n, -1) > 0).all(-1).any()
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-3 * float(grads[1].abs().max()), rtol=1e-2)
 
 
 def test_refine_clones_small_splits_large_prunes_and_resets():
