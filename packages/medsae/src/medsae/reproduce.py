@@ -16,6 +16,7 @@ names as classifiers, and draw galleries of top-activating images.
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from pathlib import Path
@@ -34,6 +35,8 @@ from medsae.sweep import SweepPoint, expand, plot_frontier, run_sweep, write_swe
 PAPER = "medsae"
 VARIANTS = ("standard", "april", "topk", "batchtopk", "matryoshka")
 FINAL = "topk"
+#: The VLM that names latents at paper scale; ``$MEDSAE_NAMER_MODEL`` (a hub id or local folder) replaces it.
+NAMER_ENV, DEFAULT_NAMER = "MEDSAE_NAMER_MODEL", "google/medgemma-4b-it"
 QUICK = {"n_images": 1500, "encoder_epochs": 2, "sae_epochs": 15, "variants": ("standard", "topk", "matryoshka")}
 FULL = {"n_images": 6000, "encoder_epochs": 10, "sae_epochs": 60, "variants": VARIANTS}
 
@@ -190,7 +193,8 @@ def run(scale: str, quick: bool, out: Path, data_dir: Path | None = None, seeds:
     if scale == "paper":  # pragma: no cover - needs MedGemma weights and a GPU
         from medsae.naming import TransformersChat
 
-        namer = VLMNamer(TransformersChat())
+        # The shared `reproduce` command line has no namer option: the model id comes from the environment.
+        namer = VLMNamer(TransformersChat(os.environ.get(NAMER_ENV, DEFAULT_NAMER)))
     else:
         namer = LabelNamer(labels, y.mean(0))
     named = name_latents(f, units, namer, images, y)
