@@ -162,3 +162,13 @@ def test_tiny_sweep_end_to_end_then_resume(tmp_path, monkeypatch):
     a = torch.load(resumed_ckpt, weights_only=True)["state_dict"]
     b = torch.load(fresh_ckpt, weights_only=True)["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_bad_override_is_reported_once_in_one_line(tmp_path, capsys):
+    cfg = _write(tmp_path, GRID)
+    with pytest.raises(SystemExit) as exc:
+        main(["sweep", "--config", str(cfg), "--model.init_args.lr=fast"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("Got value: fast") == 1 and err.count("usage:") == 1, err  # the fit reports it, once
+    assert not (tmp_path / "runs" / "medsae").exists() or not any((tmp_path / "runs" / "medsae").rglob("version_*"))

@@ -180,12 +180,16 @@ def _comparable(cfg: dict) -> dict:
     return cfg
 
 
-def resolved_config(config: str | Path, args: Sequence[str]) -> dict:
-    """The config ``fit --config config *args`` would run, as LightningCLI saves it (parsed, nothing trained)."""
-    buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer), contextlib.suppress(SystemExit):
+def resolved_config(config: str | Path, args: Sequence[str]) -> dict | None:
+    """The config ``fit --config config *args`` would run, as LightningCLI saves it (parsed, nothing trained).
+
+    None when the arguments do not parse: the ``fit`` that follows reports the mistake itself.
+    """
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), contextlib.suppress(SystemExit):
         run_cli(PAPER, ["fit", "--config", str(config), *args, "--print_config"])
-    return _comparable(yaml.safe_load(buffer.getvalue()))
+    cfg = yaml.safe_load(out.getvalue()) if out.getvalue().strip() else None
+    return _comparable(cfg) if isinstance(cfg, dict) else None
 
 
 def _version_dirs(experiment: str) -> list[Path]:
@@ -241,7 +245,8 @@ def run_point(
     """Train (or reuse, or resume) one grid point and evaluate it on the test split; returns its result row."""
     experiment = point.experiment(name)
     args = [*overrides, *point.overrides()]
-    previous = None if fresh else find_previous(experiment, resolved_config(config, args))
+    expected = None if fresh else resolved_config(config, args)
+    previous = None if expected is None else find_previous(experiment, expected)
     if previous and previous[0] == "done":
         log(f"   {experiment}: finished earlier, reusing {previous[1]}")
         return json.loads(previous[1].read_text())
