@@ -66,7 +66,7 @@ class GoDeModule(pl.LightningModule):
         noise_lr: Scale of the MCMC position noise (times the current centres learning rate; MCMC only).
         opacity_reg: L1 weight on opacities (MCMC only).
         scale_reg: L1 weight on scales (MCMC only).
-        num_levels: Levels of detail ``L`` (0: no levels, plain 3DGS-MCMC).
+        num_levels: Levels of detail ``L`` (0: no levels, the plain backbone).
         lod_start: Step at which levels are assigned and LoD fine-tuning starts.
         min_level_size: ``|G_0|``.
         max_fraction: ``|G_{L-1}| / num_gaussians`` (the rest is pruned; 0.75, 0.5 for Deep Blending).
