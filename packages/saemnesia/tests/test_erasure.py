@@ -1,3 +1,4 @@
+import pytest
 import torch
 from saemnesia.erasure import ConceptEraser, ErasureStack, feature_scores, select_by_quantile
 from saemnesia.sae import TopKSAE, topk_activation
@@ -19,6 +20,18 @@ def test_feature_scores_hand_case():
     assert torch.allclose(scores[:, 0], torch.tensor([0.625, -0.125, -0.5]))
     assert torch.allclose(scores[:, 1], torch.tensor([0.25 - 0.375, 0.25 - 0.375, 0.5 - 0.25]))
     assert torch.equal(scores[:, 2], torch.zeros(3))  # never fires
+
+
+def test_feature_scores_activity_filter_hand_case():
+    # latent 1 fires only on concept 0, but 1000x more weakly than latent 0 does: the ratio score alone prefers it
+    mean_acts = torch.tensor([[2.0, 0.002, 0.5], [1.0, 0.0, 0.5]])
+    plain = feature_scores(mean_acts)
+    assert plain[0].argmax() == 1  # p = 1 - 0 = 1 beats latent 0's 2/3 - 1/3
+    filtered = feature_scores(mean_acts, min_activity=0.1)
+    # concept 0: threshold 0.2 removes latent 1 only; concept 1: threshold 0.1 removes latent 1 (0.0)
+    assert filtered[0].tolist() == pytest.approx([2 / 3 - 1 / 3, -1.0, 0.0])
+    assert filtered[1].tolist() == pytest.approx([1 / 3 - 2 / 3, -1.0, 0.0])
+    assert filtered[0].argmax() == 0
 
 
 def test_select_by_quantile():

@@ -1,4 +1,5 @@
 import itertools
+import math
 
 import pytest
 import torch
@@ -78,3 +79,25 @@ def test_supervised_loss_weights():
         parts["loss"], parts["mse"] + 3 * parts["concept"] + 0.01 * parts["l1"] + 0.1 * parts["decorrelation"]
     )
     assert torch.isclose(parts["l1"], pre.abs().mean())
+
+
+def test_pre_pooling_hand_case_and_relu_pooling_dead_point():
+    # 1 sample x 2 tokens, latents 0 (object, target 1) and 1 (style, target 0); latent 2 unassigned
+    x = torch.zeros(2, 3)
+    pre = torch.tensor([[-1.0, 2.0, 5.0], [-3.0, -4.0, 5.0]], requires_grad=True)
+    targets, mask = concept_targets(torch.tensor([0]), torch.tensor([-1]), torch.tensor([0]), torch.tensor([1]), 3)
+    args = (x, x, pre, 2, targets, mask, torch.tensor([0]), torch.tensor([1]), (0.0, 1.0, 0.0, 0.0))
+    # "pre": logits are the token means (-2, -1); BCE = (softplus(2) + softplus(-1)) / 2, independent of latent 2
+    pre_parts = supervised_loss(*args, pooling="pre")
+    ref = (math.log1p(math.exp(2.0)) + math.log1p(math.exp(-1.0))) / 2
+    assert pre_parts["concept"].item() == pytest.approx(ref)
+    # "relu": pooled (0, 1); latent 0 is silent on every token, so its loss term is ln 2 and it gets no gradient
+    relu_parts = supervised_loss(*args, pooling="relu")
+    assert relu_parts["concept"].item() == pytest.approx((math.log(2.0) + math.log1p(math.exp(1.0))) / 2)
+    (grad_relu,) = torch.autograd.grad(relu_parts["concept"], pre)
+    assert torch.equal(grad_relu[:, 0], torch.zeros(2))
+    (grad_pre,) = torch.autograd.grad(pre_parts["concept"], pre)
+    assert bool((grad_pre[:, 0] < 0).all())  # target 1: pushed up on every token
+    assert torch.equal(grad_pre[:, 2], torch.zeros(2))  # unassigned latent masked out
+    with pytest.raises(ValueError, match="pooling"):
+        supervised_loss(*args, pooling="max")

@@ -25,7 +25,7 @@ class ClassifierModule(pl.LightningModule):
         n_objects: Object classes.
         n_styles: Style classes.
         width: Trunk width.
-        lr: Adam learning rate.
+        lr: Peak Adam learning rate of the one-cycle schedule (warm-up, then cosine decay to ~0).
     """
 
     def __init__(self, n_objects: int = 6, n_styles: int = 4, width: int = 32, lr: float = 2e-3):
@@ -56,7 +56,11 @@ class ClassifierModule(pl.LightningModule):
         self._step(batch, "test")
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+        opt = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+        # one cycle over the whole run: the short CPU schedules end at a low lr instead of bouncing around
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, self.hparams.lr, total_steps=total)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
 class TinyDiffusionModule(pl.LightningModule):
@@ -153,6 +157,11 @@ class SAEModule(pl.LightningModule):
         assignment: ``"greedy"`` (by feature score, objects first) or ``"random"``.
         loss_weights: ``(mse, concept, l1, decorrelation)``.
         grad_clip: Max gradient norm (the paper's supervised stage clips at 1.0; 0 disables).
+        concept_pooling: ``"relu"`` (the paper) or ``"pre"``; see :func:`saemnesia.supervised.supervised_loss`.
+        min_activity: Activity filter of the assignment scores (0: the paper's rule); see
+            :func:`saemnesia.erasure.feature_scores`.
+        init_b_dec: Start the base SAE's ``b_dec`` at the mean training token instead of 0 (the tokens of this
+            block have a mean as large as their spread; from 0 the decoder spends its first epochs learning it).
     """
 
     def __init__(
@@ -171,6 +180,9 @@ class SAEModule(pl.LightningModule):
         assignment: Literal["greedy", "random"] = "greedy",
         loss_weights: tuple[float, float, float, float] = (1.0, 3.0, 0.01, 0.1),
         grad_clip: float = 0.0,
+        concept_pooling: Literal["relu", "pre"] = "relu",
+        min_activity: float = 0.0,
+        init_b_dec: bool = True,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -198,15 +210,30 @@ class SAEModule(pl.LightningModule):
             sty_cnt.index_add_(0, labels[styled, 1], torch.ones(int(styled.sum()), 1))
         return obj_sum / obj_cnt.clamp_min(1), sty_sum / sty_cnt.clamp_min(1)
 
+    @torch.no_grad()
+    def mean_token(self, loader, max_batches: int = 32) -> torch.Tensor:
+        """Mean token ``[d_in]`` over the first ``max_batches`` batches of ``loader``."""
+        total, count = torch.zeros(self.sae.d_in, dtype=torch.float64), 0
+        for i, (acts, _) in enumerate(loader):
+            if i >= max_batches:
+                break
+            x = acts.flatten(0, 1).double()
+            total += x.sum(0)
+            count += x.shape[0]
+        return (total / max(count, 1)).float()
+
     def on_fit_start(self) -> None:
-        if self.hparams.mode != "supervised" or bool((self.object_latents >= 0).all()):
-            return  # base SAE, or assignment restored from a checkpoint
         h = self.hparams
+        fresh = self.trainer.ckpt_path is None and not h.init_from
+        if h.mode == "base" and h.init_b_dec and fresh:
+            self.sae.b_dec.data.copy_(self.mean_token(self.trainer.datamodule.train_dataloader()).to(self.device))
+        if h.mode != "supervised" or bool((self.object_latents >= 0).all()):
+            return  # base SAE, or assignment restored from a checkpoint
         if h.assignment == "random":
             latents = random_assignment(h.n_objects + h.n_styles, self.sae.n_latents, seed=0)
         else:
             obj_means, sty_means = self.concept_means(self.trainer.datamodule.train_dataloader())
-            scores = torch.cat([feature_scores(obj_means), feature_scores(sty_means)])
+            scores = torch.cat([feature_scores(obj_means, h.min_activity), feature_scores(sty_means, h.min_activity)])
             latents = greedy_assignment(scores)  # objects come first in the score matrix, so they choose first
         self.object_latents.copy_(latents[: h.n_objects])
         self.style_latents.copy_(latents[h.n_objects :])
@@ -237,8 +264,9 @@ class SAEModule(pl.LightningModule):
                 self.object_latents,
                 self.style_latents,
                 tuple(h.loss_weights),
+                h.concept_pooling,
             )
-            pooled = pool_tokens(pre.relu(), acts.shape[1])
+            pooled = pool_tokens(pre.relu() if h.concept_pooling == "relu" else pre, acts.shape[1])
             parts["concept_acc"] = (pooled[:, self.object_latents].argmax(1) == labels[:, 0]).float().mean()
         parts["fvu"] = (x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
         parts["l0"] = (z > 0).float().sum(-1).mean()

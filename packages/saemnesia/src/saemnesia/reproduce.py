@@ -55,7 +55,7 @@ class Settings:
 
 QUICK = Settings(1, 1, 20, 1, 4, 1, 1, (0,), (-30.0,), (0.98, 0.995), 1, steps=8)
 FULL = Settings(
-    8, 32, 100, 4, 5, 30, 20, tuple(range(len(OBJECTS))), (-1.0, -5.0, -15.0, -30.0), (0.95, 0.98, 0.99, 0.995), 2
+    8, 32, 100, 4, 5, 20, 60, tuple(range(len(OBJECTS))), (-1.0, -5.0, -15.0, -30.0), (0.95, 0.98, 0.99, 0.995), 2
 )
 PAPER_SEARCH = {"multipliers": 7, "latent_subsets": 30}  # the paper's grids: {-1, -5, ..., -30} x 30 subsets
 
@@ -223,7 +223,8 @@ def run(scale: str, quick: bool, out: Path, data_dir: Path | None = None, seeds:
     # 7. per-object parameter search (selection seed) and report (report seed)
     base_obj, base_all = concept_stats(base, store)
     sup_obj, sup_all = concept_stats(sup, store)
-    scores = feature_scores(base_obj)
+    # the baseline gets the same activity filter as SAEmnesia's assignment, so neither picks near-silent latents
+    scores = feature_scores(base_obj, sup_module.hparams.min_activity)
     methods = {
         "unsupervised": lambda o, q, m: _eraser(base, select_by_quantile(scores[o], q), base_obj, base_all, o, m),
         "saemnesia": lambda o, q, m: _eraser(sup, sup_module.object_latents[o : o + 1], sup_obj, sup_all, o, m),

@@ -113,8 +113,15 @@ def supervised_loss(
     object_latents: torch.Tensor,
     style_latents: torch.Tensor,
     weights: tuple[float, float, float, float] = (1.0, 3.0, 0.01, 0.1),
+    pooling: str = "relu",
 ) -> dict[str, torch.Tensor]:
     """SAEmnesia's loss on one batch of ``B`` samples with ``T`` tokens each.
+
+    With ``pooling="relu"`` (the paper) the concept logits are the spatial means of the post-ReLU pre-activations.
+    Those are >= 0, so a target-0 latent costs at least ln 2 and a latent that stops firing on every token gets no
+    gradient at all: "silent on every sample" is a stationary point whose concept loss is exactly ln 2. With
+    ``pooling="pre"`` the logits are the spatial means of the raw pre-activations (a linear read-out of the pooled
+    input), which can go negative and always receive gradient.
 
     Args:
         x: Tokens ``[B * T, d]``.
@@ -126,11 +133,14 @@ def supervised_loss(
         object_latents: ``[n_objects]``.
         style_latents: ``[n_styles]``.
         weights: ``(mse, concept, l1, decorrelation)``: 1.0, 3.0, 0.01 and 0.1 in the paper.
+        pooling: ``"relu"`` or ``"pre"``: what is spatially averaged into the concept logits.
 
     Returns:
         The weighted ``loss`` and its parts.
     """
-    pooled = pool_tokens(pre.relu(), tokens_per_sample)
+    if pooling not in ("relu", "pre"):
+        raise ValueError(f"pooling must be 'relu' or 'pre', got {pooling!r}")
+    pooled = pool_tokens(pre.relu() if pooling == "relu" else pre, tokens_per_sample)
     parts = {
         "mse": F.mse_loss(x_hat, x),
         "concept": concept_loss(pooled, targets, mask),
