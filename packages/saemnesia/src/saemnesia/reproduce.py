@@ -1,11 +1,11 @@
 """SAEmnesia's protocol: base SAE vs supervised SAE for concept erasure, with search cost and sequential unlearning.
 
 CPU scale (the offline analogue of UnlearnCanvas): toy-world classifiers and a tiny text-to-image model are trained
-once and cached under ``runs/saemnesia/cache/<scale>/``; activations of ``up_blocks.1.attentions.1`` are cached from
-sampling; a base TopK SAE is trained on them, then fine-tuned with SAEmnesia's supervised loss. Each object is erased
-with (a) the unsupervised selection (feature-score quantile x multiplier grid) on the base SAE and (b) the single
-assigned latent of the supervised SAE (multiplier grid only). Parameters are chosen per object on one sampling seed
-and reported on another.
+once and cached under ``runs/saemnesia/cache/<scale>/<stage>-<hash>/``; activations of ``up_blocks.1.attentions.1``
+are cached from sampling; a base TopK SAE is trained on them, then fine-tuned with SAEmnesia's supervised loss. Each
+object is erased with (a) the unsupervised selection (feature-score quantile x multiplier grid) on the base SAE and
+(b) the single assigned latent of the supervised SAE (multiplier grid only). Parameters are chosen per object on one
+sampling seed and reported on another.
 """
 
 from __future__ import annotations
@@ -58,6 +58,14 @@ FULL = Settings(
     8, 32, 100, 4, 5, 20, 60, tuple(range(len(OBJECTS))), (-1.0, -5.0, -15.0, -30.0), (0.95, 0.98, 0.99, 0.995), 2
 )
 PAPER_SEARCH = {"multipliers": 7, "latent_subsets": 30}  # the paper's grids: {-1, -5, ..., -30} x 30 subsets
+
+
+def _stage_key(parent: str, *parts) -> str:
+    """Hash of a cached stage's inputs: its parent stage's key, its config file's bytes and its settings."""
+    digest = hashlib.sha256(parent.encode())
+    for part in parts:
+        digest.update(part.read_bytes() if isinstance(part, Path) else repr(part).encode())
+    return digest.hexdigest()[:10]
 
 
 def _cached_fit(config: Path, cache: Path, name: str, overrides: list[str]) -> Path:
@@ -154,21 +162,28 @@ def run(scale: str, quick: bool, out: Path, data_dir: Path | None = None, seeds:
     settings = QUICK if quick else FULL
     key = scale_name(scale, quick)
     cfg = package_path(PAPER, "configs") / "cpu"
-    # the cache is keyed on the settings and the configs, so editing either retrains instead of reusing stale models
-    digest = hashlib.sha256(repr(settings).encode())
-    for path in sorted(cfg.glob("*.yaml")):
-        digest.update(path.read_bytes())
-    cache = runs_root() / PAPER / "cache" / f"{key}-{digest.hexdigest()[:10]}"
+    # Every stage is keyed on its own config, its settings and the key of the stage it reads from, so editing one
+    # config retrains that stage and those after it, and reuses the ones before it (the diffusion model is the
+    # expensive one).
+    root = runs_root() / PAPER / "cache" / key
+    k_clf = _stage_key("", cfg / "classifier.yaml", settings.classifier_epochs)
+    k_diff = _stage_key("", cfg / "diffusion.yaml", settings.diffusion_epochs, settings.diffusion_per_combo)
+    k_acts = _stage_key(k_diff, settings.steps, settings.guidance, settings.cache_seeds, settings.cache_every)
+    k_base = _stage_key(k_acts, cfg / "sae_base.yaml", settings.sae_epochs)
+    k_sup = _stage_key(k_base, cfg / "sae_supervised.yaml", settings.supervised_epochs)
     start = time.perf_counter()
     out = Path(out)
 
     # 1-2. classifiers and the tiny text-to-image model (cached)
     clf_ckpt = _cached_fit(
-        cfg / "classifier.yaml", cache, "classifier", [f"--trainer.max_epochs={settings.classifier_epochs}"]
+        cfg / "classifier.yaml",
+        root / f"classifier-{k_clf}",
+        "classifier",
+        [f"--trainer.max_epochs={settings.classifier_epochs}"],
     )
     diff_ckpt = _cached_fit(
         cfg / "diffusion.yaml",
-        cache,
+        root / f"diffusion-{k_diff}",
         "diffusion",
         [
             f"--trainer.max_epochs={settings.diffusion_epochs}",
@@ -179,7 +194,7 @@ def run(scale: str, quick: bool, out: Path, data_dir: Path | None = None, seeds:
     diffusion = TinyDiffusionModule.load_from_checkpoint(diff_ckpt, map_location="cpu").ema.module.eval()
 
     # 3. activations of up_blocks.1.attentions.1 while sampling (conditional half only)
-    store_dir = cache / "activations"
+    store_dir = root / f"activations-{k_acts}"
     if not (store_dir / "index.json").is_file():
         print(f"[{PAPER}] caching activations of {SD_BLOCK}", flush=True)
         prompts, labels = prompt_grid()
@@ -201,11 +216,14 @@ def run(scale: str, quick: bool, out: Path, data_dir: Path | None = None, seeds:
     # 4-5. base SAE, then SAEmnesia's supervised fine-tuning
     common = [f"--data.init_args.data_dir={store_dir}"]
     base_ckpt = _cached_fit(
-        cfg / "sae_base.yaml", cache, "sae_base", [*common, f"--trainer.max_epochs={settings.sae_epochs}"]
+        cfg / "sae_base.yaml",
+        root / f"sae_base-{k_base}",
+        "sae_base",
+        [*common, f"--trainer.max_epochs={settings.sae_epochs}"],
     )
     sup_ckpt = _cached_fit(
         cfg / "sae_supervised.yaml",
-        cache,
+        root / f"sae_supervised-{k_sup}",
         "sae_supervised",
         [*common, f"--trainer.max_epochs={settings.supervised_epochs}", f"--model.init_args.init_from={base_ckpt}"],
     )
