@@ -57,7 +57,26 @@ QUICK = Settings(1, 1, 20, 1, 4, 1, 1, (0,), (-30.0,), (0.98, 0.995), 1, steps=8
 FULL = Settings(
     8, 32, 100, 4, 5, 20, 60, tuple(range(len(OBJECTS))), (-1.0, -5.0, -15.0, -30.0), (0.95, 0.98, 0.99, 0.995), 2
 )
-PAPER_SEARCH = {"multipliers": 7, "latent_subsets": 30}  # the paper's grids: {-1, -5, ..., -30} x 30 subsets
+
+
+@dataclass(frozen=True)
+class PaperProtocol:
+    """The paper's generation and erasure protocol (UnlearnCanvas, SD1.5).
+
+    Kept here rather than in ``configs/paper/``, which holds Lightning configs only (the SAE stages).
+    """
+
+    block: str = "up_blocks.1.attentions.1"  # objects; up_blocks.1.attentions.2 for styles
+    steps: int = 100  # DDIM
+    guidance: float = 9.0
+    seed: int = 188
+    objects: int = 20
+    styles: int = 50
+    multipliers: tuple[float, ...] = (-1.0, -5.0, -10.0, -15.0, -20.0, -25.0, -30.0)
+    latent_subsets: int = 30  # the unsupervised selection's quantile grid
+
+
+PAPER_PROTOCOL = PaperProtocol()
 
 
 def _stage_key(parent: str, *parts) -> str:
@@ -301,6 +320,7 @@ def run(scale: str, quick: bool, out: Path, data_dir: Path | None = None, seeds:
     save_png(fig, out / "sequential_unlearning.png")
 
     # 10. results
+    grid = {"multipliers": len(PAPER_PROTOCOL.multipliers), "latent_subsets": PAPER_PROTOCOL.latent_subsets}
     by = {r["method"]: r for r in rows}
     metrics = {f"{m}.{k}": by[m][k] for m in by for k in ("ua", "ira", "cra", "avg")}
     metrics |= {
@@ -309,8 +329,7 @@ def run(scale: str, quick: bool, out: Path, data_dir: Path | None = None, seeds:
         "search.saemnesia_evals": evals["saemnesia"],
         "search.unsupervised_evals": evals["unsupervised"],
         "search.reduction": 1 - evals["saemnesia"] / evals["unsupervised"],
-        "search.paper_grid_reduction": 1
-        - PAPER_SEARCH["multipliers"] / (PAPER_SEARCH["multipliers"] * PAPER_SEARCH["latent_subsets"]),
+        "search.paper_grid_reduction": 1 - grid["multipliers"] / (grid["multipliers"] * grid["latent_subsets"]),
         "sequential.saemnesia.ua_last": seq["saemnesia"][-1]["ua"],
         "sequential.unsupervised.ua_last": seq["unsupervised"][-1]["ua"],
         "ua_gain": by["saemnesia"]["ua"] - by["unsupervised"]["ua"],
