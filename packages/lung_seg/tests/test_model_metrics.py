@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 from lung_seg.augment import augment, paper_augmentation
+from lung_seg.lightning_module import make_loss
 from lung_seg.metrics import DiceIoU, diameter_bin, dice_iou, equivalent_diameter, score_nodules, summarise_by_bin
 from lung_seg.model import MonaiBasicUNet, UNet
 
@@ -161,6 +162,37 @@ def test_augment_rotation_matches_the_drawn_angle_and_mask_stays_binary():
     # The same magnitude; one sign convention for every sample (MONAI's angle is counter-clockwise in its axes).
     sign = np.sign(np.dot(drawn, measured))
     np.testing.assert_allclose(measured, sign * drawn, atol=1.5)
+
+
+def test_augment_crop_is_centred_on_a_nodule_when_asked():
+    image = torch.rand(6, 1, 40, 40, generator=torch.Generator().manual_seed(2))
+    mask = torch.zeros(6, 1, 40, 40)
+    mask[:, :, 30:33, 5:8] = 1  # a 3x3 nodule near a corner
+    crop = paper_augmentation(0.0, 0.0, 0.0, crop_size=16, crop_foreground_p=1.0)
+    out, out_mask = augment(crop, image, mask, seed=0, epoch=0, indices=range(6))
+    assert out.shape == out_mask.shape == (6, 1, 16, 16)
+    assert (out_mask.flatten(1).sum(1) > 0).all()  # every crop holds (part of) the nodule
+    for img, msk, full in zip(out, out_mask, image):  # each crop is one window of the original, for image and mask
+        windows = full[0].unfold(0, 16, 1).unfold(1, 16, 1)  # [25, 25, 16, 16]
+        hits = (windows == img[0]).flatten(2).all(2).nonzero().tolist()
+        assert len(hits) == 1
+        i, j = hits[0]
+        torch.testing.assert_close(mask[0, 0, i : i + 16, j : j + 16], msk[0], rtol=0, atol=0)
+
+
+def test_dice_bce_loss_is_dice_plus_bce():
+    gen = torch.Generator().manual_seed(4)
+    logits = torch.randn(3, 1, 6, 6, generator=gen, dtype=torch.float64)
+    target = (torch.rand(3, 1, 6, 6, generator=gen) > 0.7).double()
+    p = torch.sigmoid(logits)
+    # MONAI's Dice loss: per sample, smooth 1e-5 in numerator and denominator, then the batch mean.
+    inter, total = (p * target).flatten(1).sum(1), (p + target).flatten(1).sum(1)
+    dice = (1 - (2 * inter + 1e-5) / (total + 1e-5)).mean()
+    bce = -(target * torch.log(p) + (1 - target) * torch.log(1 - p)).mean()
+    torch.testing.assert_close(make_loss("dice")(logits, target), dice)
+    torch.testing.assert_close(make_loss("dice_bce")(logits, target), dice + bce)
+    with pytest.raises(ValueError, match="unknown loss"):
+        make_loss("l2")
 
 
 def test_output_prior_sets_the_last_bias():

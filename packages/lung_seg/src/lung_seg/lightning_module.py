@@ -34,6 +34,9 @@ class NoduleSegmenter(pl.LightningModule):
         mirror_p: Probability of a left-right mirror.
         flip_p: Probability of an up-down flip.
         max_rotation_deg: Largest rotation angle (the paper: 20).
+        train_crop: Train on random ``train_crop`` square patches of the slices (half of them centred on a nodule
+            pixel; MONAI's RandCropByPosNegLabeld), or None for whole slices (the paper). Validation, test and
+            whole-scan inference always see whole slices.
         threshold: Probability threshold of the metrics (the paper: 0.5).
         output_prior: Initial foreground probability of the output layer (None: PyTorch's default init, as the
             paper); the CPU configs use 0.01 to converge within their few epochs.
@@ -52,6 +55,7 @@ class NoduleSegmenter(pl.LightningModule):
         mirror_p: float = 0.5,
         flip_p: float = 0.5,
         max_rotation_deg: float = 20.0,
+        train_crop: int | None = None,
         threshold: float = 0.5,
         output_prior: float | None = None,
     ):
@@ -63,7 +67,12 @@ class NoduleSegmenter(pl.LightningModule):
         self.loss = make_loss(loss)
         # Validation and test report the paper's soft-Dice loss whatever the training objective is.
         self.dice_loss = DiceLoss(sigmoid=True)
-        self.augmentation = paper_augmentation(mirror_p, flip_p, max_rotation_deg) if augment else None
+        if augment:
+            self.augmentation = paper_augmentation(mirror_p, flip_p, max_rotation_deg, crop_size=train_crop)
+        elif train_crop is not None:
+            self.augmentation = paper_augmentation(0.0, 0.0, 0.0, crop_size=train_crop)
+        else:
+            self.augmentation = None
         self.val_metrics = DiceIoU(threshold)
         self.test_metrics = DiceIoU(threshold)
 
