@@ -136,3 +136,30 @@ def test_datamodule_offline_and_missing_real(tmp_path, monkeypatch):
     real = LungCTDataModule(source="real", data_dir=str(tmp_path / "nowhere"))
     with pytest.raises(DatasetNotFoundError, match=r"UniToChest.*zenodo"):
         real.prepare_data()
+
+
+def test_segment_command_writes_the_mask_of_the_checkpoint(tmp_path, monkeypatch):
+    import nibabel as nib
+    from lung_seg.cli import main
+    from lung_seg.inference import predict_volume
+    from lung_seg.lightning_module import NoduleSegmenter
+    from lung_seg.model import UNet
+    from reprokit.cli import package_path
+
+    monkeypatch.setenv("LUNG_SEG_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    folder = write_dataset(tmp_path / "data", SMALL, patients=1, seed=2, scans_per_patient=(1,))[0]
+    # A checkpoint of the contract config's network (3-level U-Net, 4 channels) with random weights.
+    torch.manual_seed(0)
+    module = NoduleSegmenter(UNet(base_channels=4, depth=3), output_prior=0.5).eval()  # logits near 0: a mixed mask
+    torch.save({"state_dict": module.state_dict()}, tmp_path / "m.ckpt")
+    config = package_path("lung_seg", "configs") / "cpu" / "contract.yaml"
+    args = ["--config", str(config), "--ckpt_path", str(tmp_path / "m.ckpt"), "--series", str(folder)]
+    main(["segment", *args, "--out", str(tmp_path / "mask.nii.gz"), "--min_diameter_mm", "0"])
+    hu, geometry, _ = read_series_dir(folder)
+    image = np.clip(np.rint((hu + 1300) / 1600 * 255), 0, 255).astype(np.uint8)  # window -500/1600, 8 bit
+    expect = predict_volume(module, image) > 0.5
+    assert 0 < expect.sum() < expect.size  # a non-trivial mask, so the comparison means something
+    written = nib.load(tmp_path / "mask.nii.gz")
+    np.testing.assert_allclose(written.affine, geometry.affine, atol=1e-5)
+    np.testing.assert_array_equal(read_nifti(tmp_path / "mask.nii.gz", like=geometry), expect)
