@@ -307,11 +307,16 @@ def frontier(rows: Sequence[dict]) -> dict[tuple[str, int], list[tuple[float, fl
 
 def plot_frontier(ax, rows: Sequence[dict]) -> None:
     """Draw the L0-vs-FVU curves of :func:`frontier` on a matplotlib axis."""
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
     for (variant, m), pts in frontier(rows).items():
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{variant} {m}")
-        for l0, fvu, k in pts:
-            ax.annotate(f"k={k}", (l0, fvu), fontsize=6, xytext=(2, 2), textcoords="offset points")
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{variant}, {m} latents")
     ax.set(xlabel="L0 (active latents per image)", ylabel="FVU", xscale="log", title="sparsity vs reconstruction")
+    # the grid's k values as plain tick labels (L0 ~ k for the TopK family)
+    ks = sorted({r["k"] for r in rows})
+    ax.set_xticks(ks)
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.legend(fontsize=7)
 
 
