@@ -335,6 +335,7 @@ def run(scale: str, quick: bool, out: Path, data_dir: Path | None = None, seeds:
         "sequential.saemnesia.ua_last": seq["saemnesia"][-1]["ua"],
         "sequential.unsupervised.ua_last": seq["unsupervised"][-1]["ua"],
         "ua_gain": by["saemnesia"]["ua"] - by["unsupervised"]["ua"],
+        "avg_gain": by["saemnesia"]["avg"] - by["unsupervised"]["avg"],
     }
     notes = (
         f"Objects erased: {', '.join(OBJECTS[o] for o in settings.objects)}; multipliers {settings.multipliers}; "
