@@ -77,13 +77,13 @@ def data(source, data_dir=None, batch_size=128, **kw):
     return {"class_path": "capsnet_rem.data.CapsDataModule", "init_args": args}
 
 
-def rem_callback(lambda_max=1e-4, tolerance=0.0, search_steps=16, min_val_acc=0.0):
+def rem_callback(lambda_max=1e-4, tolerance=0.0, search_steps=16, min_val_acc=0.0, lambda_decay=0.99):
     """The REMPruning callback block."""
     return {
         "class_path": "capsnet_rem.callbacks.REMPruning",
         "init_args": {
             "lambda_max": lambda_max,
-            "lambda_decay": 0.99,
+            "lambda_decay": lambda_decay,
             "tolerance": tolerance,
             "search_steps": search_steps,
             "min_val_acc": min_val_acc,
@@ -261,10 +261,13 @@ def cpu() -> None:
     for variant in ("baseline", "rem"):
         callbacks = [checkpoint(best=variant == "baseline")]
         if variant == "rem":
-            callbacks.insert(0, rem_callback(lambda_max=0.02, tolerance=0.0, search_steps=8))
+            # ~1,100 steps instead of the paper's ~10^5: a stronger LOBSTER that fades within the run (0.8 per
+            # epoch) so the last epochs recover accuracy, and a small admissible increase of the validation margin
+            # loss per threshold search (tuned on seeds 42/43, see the README).
+            callbacks.insert(0, rem_callback(lambda_max=0.01, tolerance=0.003, search_steps=8, lambda_decay=0.8))
         cfg = {
             "seed_everything": 42,
-            "trainer": trainer(callbacks, max_epochs=15, **base_trainer),
+            "trainer": trainer(callbacks, max_epochs=20, **base_trainer),
             "model": classifier(copy.deepcopy(small)),
             "data": data("mnist5k", None, batch_size=64, shift=2, num_workers=0),
         }

