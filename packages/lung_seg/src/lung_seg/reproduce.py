@@ -197,6 +197,9 @@ def run(scale: str, quick: bool, out: Path, data_dir: Path | None = None, seeds:
     metrics["claim.unet_minus_threshold_detection.min_over_bins"] = (
         min(bins["unet"][k]["detection"] - bins["threshold"][k]["detection"] for k in filled) if filled else math.nan
     )
+    for k in filled:  # per bin too, so that the check names the bin where the claim fails
+        for key in ("dice", "detection"):
+            metrics[f"claim.unet_minus_threshold_{key}.bin{k}"] = bins["unet"][k][key] - bins["threshold"][k][key]
     labels = diameter_bin_labels(DEFAULT_BINS_MM)
     counts = ", ".join(f"{lab} mm: {r['nodules']}" for lab, r in zip(labels, bins["unet"]))
     columns = [
