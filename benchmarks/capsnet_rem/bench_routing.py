@@ -3,6 +3,8 @@
 Ours (votes as one contraction, votes grouped by output capsule so routing is batched matrix products) against the
 straightforward broadcast-matmul formulation (``W[None] @ u[..., None]`` and broadcast multiply-sum routing) measured
 in the same run, alternately. Target (issue #3): >= 2.5x faster, < 1.5 GB peak RSS, outputs equal to 1e-5.
+The class-capsule layer alone (votes + routing, forward and backward on fixed primary capsules) is timed the same
+way: the convolutions both sides share take most of a step and bound the whole-step ratio.
 Also: inference of a compacted (capsule-pruned) network against the dense one.
 
     python benchmarks/capsnet_rem/bench_routing.py            # a few batches per side (minutes)
