@@ -144,6 +144,20 @@ def test_decode_cli_reports_and_renders(tmp_path, capsys):
     report = json.loads(capsys.readouterr().out.splitlines()[0])
     assert report["decoded_gaussians"] == int(((level_of >= 0) & (level_of <= 1)).sum())
     assert (tmp_path / "r.png").is_file()
+    # --fade 0 hides the highest decoded level's enhancement set: level 1 faded out renders as level 0.
+    import numpy as np
+    from PIL import Image
+
+    def png(level: int, fade: float) -> np.ndarray:
+        out = tmp_path / f"l{level}_{fade}.png"
+        args = ["decode", str(tmp_path / "bits"), "--level", str(level), "--fade", str(fade)]
+        main([*args, "--scene", str(tmp_path / "scene"), "--out", str(out)])
+        return np.asarray(Image.open(out)).astype(int)
+
+    level0, level1, faded = png(0, 1.0), png(1, 1.0), png(1, 0.0)
+    assert np.abs(level1 - level0).max() > 0  # the test would be empty if level 1 added nothing visible
+    assert np.abs(faded - level0).max() <= 1  # one 8-bit step of float rounding at most
+    capsys.readouterr()
     with pytest.raises(SystemExit) as exc:
         main(["decode", str(tmp_path / "nothing")])
     assert exc.value.code == 2
