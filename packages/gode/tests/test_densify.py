@@ -238,3 +238,18 @@ def test_default_densification_through_the_cli_grows_and_resumes_exactly():
     a, b = full.model.state_dict(), resumed.model.state_dict()
     assert a.keys() == b.keys() and "grad2d" in a
     assert not [k for k in a if not torch.equal(a[k], b[k])]
+
+
+def test_default_densification_refuses_ddp_and_mcmc_registers_no_statistics():
+    import types
+
+    from gode.lightning_module import GoDeModule
+
+    module = GoDeModule(num_gaussians=20, sh_degree=0, scene_scale=1.0, densification="default")
+    module._trainer = types.SimpleNamespace(world_size=2, datamodule=None)
+    with pytest.raises(ValueError, match="DDP"):
+        module.setup("fit")
+    module._trainer = types.SimpleNamespace(world_size=1, datamodule=None)
+    module.setup("fit")
+    assert "grad2d" in module.state_dict()
+    assert "grad2d" not in GoDeModule(num_gaussians=20, sh_degree=0).state_dict()
