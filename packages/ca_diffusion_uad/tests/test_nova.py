@@ -109,3 +109,33 @@ def test_nova_box_scores_hand_case(nova_dir):
     dm_hi = NovaDataModule(data_dir=str(nova_dir), image_size=40, box_threshold=0.75)
     trainer.test(model, datamodule=dm_hi)
     assert model.scores["map_50"] == 0.0 and model.scores["acc_50"] == 0.0
+
+
+def test_nova_config_tests_an_ixi_style_checkpoint_through_the_real_cli(nova_dir):
+    """The README's NOVA command: fit (here the tiny offline contract config), then `test` with a nova_* config."""
+    from pathlib import Path
+
+    from reprokit.cli import run_cli
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    quiet = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+    fit = run_cli("ca_diffusion_uad", ["fit", "--config", str(configs / "cpu/contract.yaml"), "--trainer.max_steps=1"])
+    ckpt = fit.trainer.checkpoint_callback.last_model_path or fit.trainer.checkpoint_callback.best_model_path
+    cli = run_cli(
+        "ca_diffusion_uad",
+        [
+            "test",
+            "--config",
+            str(configs / "paper/nova_contrastive_cond.yaml"),
+            f"--data.init_args.data_dir={nova_dir}",
+            "--data.init_args.image_size=32",  # the contract model's input size
+            "--data.init_args.num_workers=0",
+            "--trainer.accelerator=cpu",
+            *quiet,
+            "--ckpt_path",
+            ckpt,
+        ],
+    )
+    assert cli.model.hparams.image_size == 32  # the checkpoint's model, not the config's 96 px one
+    assert set(cli.model.scores) == {"map_30", "map_50", "map", "acc_50"}
+    assert all(0.0 <= v <= 1.0 for v in cli.model.scores.values())
