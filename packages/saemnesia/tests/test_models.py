@@ -46,3 +46,24 @@ def test_mean_token_matches_float64_mean():
     batches = [(torch.randn(3, 5, 4) + 7.0, torch.zeros(3, 3, dtype=torch.long)) for _ in range(4)]
     ref = torch.cat([a.flatten(0, 1) for a, _ in batches[:3]]).double().mean(0)
     assert torch.allclose(module.mean_token(batches, max_batches=3).double(), ref, atol=1e-6)
+
+
+def test_stage_keys_follow_their_inputs(tmp_path):
+    from saemnesia.reproduce import _stage_key
+
+    diff_cfg, sae_cfg = tmp_path / "diffusion.yaml", tmp_path / "sae.yaml"
+    diff_cfg.write_text("a: 1\n")
+    sae_cfg.write_text("b: 1\n")
+
+    def chain():
+        k_diff = _stage_key("", diff_cfg, 32)
+        return k_diff, _stage_key(k_diff, sae_cfg, 20)
+
+    before = chain()
+    assert chain() == before  # deterministic
+    sae_cfg.write_text("b: 2\n")
+    after_sae = chain()
+    assert after_sae[0] == before[0] and after_sae[1] != before[1]  # downstream only
+    diff_cfg.write_text("a: 2\n")
+    assert chain()[1] != after_sae[1]  # an upstream edit reaches the downstream key
+    assert _stage_key("", diff_cfg, 32) != _stage_key("", diff_cfg, 33)  # settings count too
