@@ -1,6 +1,6 @@
 """boost_nerf on CPU: rays/s per backbone, sparse dispatch vs all experts on all points, memory per batch of rays.
 
-Run: ``OMP_NUM_THREADS=2 python benchmarks/boost_nerf/bench_boost_nerf.py`` (about two minutes on 2 idle cores).
+Run: ``OMP_NUM_THREADS=2 python benchmarks/boost_nerf/bench_boost_nerf.py`` (about 10 s on 2 idle cores).
 Every ratio is measured in this process against a baseline timed alternately with it (reprokit.bench.paired_ab).
 """
 
