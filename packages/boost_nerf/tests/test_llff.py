@@ -230,3 +230,40 @@ def test_reproduce_paper_scale_recognises_an_llff_root(tmp_path, monkeypatch):
         pkg = reproduce.package_path("boost_nerf", "configs") / "paper"
         assert (pkg / f"llff_{backbone}_top2.yaml").is_file()
         assert all((pkg / f"llff_{backbone}_expert{r}.yaml").is_file() for r in (128, 160, 200, 256, 300, 350))
+
+
+def test_training_steps_on_llff_use_ndc_rays_and_world_viewdirs(tmp_path):
+    """Lightning fit + validation on the tiny LLFF scene; the colour MLP sees world directions, not NDC ones."""
+    import pytorch_lightning as pl
+    from boost_nerf.lightning_module import BoostNeRFModule
+
+    write_llff(tmp_path / "fern", n=9)
+    dm = SceneDataModule(source="llff", data_dir=str(tmp_path / "fern"), image_size=None, llff_factor=4, batch_size=128)
+    torch.manual_seed(0)
+    module = BoostNeRFModule(
+        expert_resolutions=[8],
+        expert_kwargs={"feature_dim": 4, "mlp_width": 8},
+        aabb=[-1.0, -1.0, -1.0, 1.0, 1.0, 1.0],
+        background=0.0,
+        occupancy_resolution=8,
+        occupancy_every=0,
+    )
+    seen = []
+    module.model.experts[0].register_forward_pre_hook(lambda mod, args: seen.append(args[1].detach().clone()))
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=6,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=1,
+    )
+    trainer.fit(module, dm)
+    assert trainer.global_step == 6
+    # The directions fed to the expert are world-space viewdirs (all looking down -z), not the unit NDC directions
+    # (whose z component is positive: NDC z runs from -1 at the near plane to +1 at infinity).
+    dirs = torch.cat(seen)
+    assert (dirs[:, 2] < 0).all()
+    assert torch.isfinite(torch.tensor(trainer.callback_metrics["val/psnr"].item()))
