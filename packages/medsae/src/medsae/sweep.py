@@ -50,6 +50,10 @@ _VOLATILE = ("ckpt_path", "experiment")
 _VOLATILE_TRAINER = ("logger", "enable_progress_bar", "enable_model_summary")
 
 
+def _log(msg: str) -> None:
+    print(f"[{PAPER}] {msg}", flush=True)
+
+
 @dataclass(frozen=True)
 class SweepPoint:
     """One grid point: which SAE is trained with which seed."""
@@ -240,9 +244,10 @@ def run_point(
     name: str,
     overrides: Sequence[str] = (),
     fresh: bool = False,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] | None = None,
 ) -> dict:
     """Train (or reuse, or resume) one grid point and evaluate it on the test split; returns its result row."""
+    log = log or _log
     experiment = point.experiment(name)
     args = [*overrides, *point.overrides()]
     expected = None if fresh else resolved_config(config, args)
@@ -280,13 +285,14 @@ def run_sweep(
     points: Sequence[SweepPoint] | None = None,
     overrides: Sequence[str] = (),
     fresh: bool = False,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] | None = None,
 ) -> list[dict]:
     """Run every point of a sweep config (or ``points``) and return their result rows, in grid order."""
+    log = log or _log
     points = expand(config) if points is None else list(points)
     rows = []
     for j, point in enumerate(points, 1):
-        log(f"[{PAPER}] sweep {j}/{len(points)}: {point.experiment(name)}")
+        log(f"sweep {j}/{len(points)}: {point.experiment(name)}")
         rows.append(run_point(config, point, name, overrides, fresh, log))
     return rows
 
