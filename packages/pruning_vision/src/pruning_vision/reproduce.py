@@ -1,7 +1,8 @@
 """The paper's protocol: per architecture and seed, one pruning run through the CLI, then ``test`` on every round.
 
 For each round checkpoint (dense model first) ``test`` scores accuracy, attribution (RMA/RRA per method), LOST
-CorLoc and accuracy under each distortion. The sweep summary finds each metric's sweet spot (peak of the seed-mean
+CorLoc, accuracy under each distortion and shape bias on the cue-conflict set; error consistency (Cohen's kappa of
+trial-by-trial correctness) is measured between each pruned round and the dense model. The sweep summary finds each metric's sweet spot (peak of the seed-mean
 curve and the sparsity where it occurs); curves are plotted per architecture with the sweet spots marked.
 """
 
@@ -19,7 +20,7 @@ from reprokit.cli import package_path, run_cli
 from reprokit.plotting import COLORS, figure, save_png
 from reprokit.results import data_info, markdown_table, print_check, run_metadata, scale_name, write_results
 
-from pruning_vision.alignment import sweet_spot
+from pruning_vision.alignment import error_consistency, sweet_spot
 
 PAPER = "pruning_vision"
 CPU_ARCHS = ("small_resnet", "small_vit")
@@ -33,6 +34,7 @@ def sweep_one(config: Path, experiment: str, overrides: list[str]) -> list[dict]
     rounds_file = Path(fit.trainer.log_dir) / "rounds" / "rounds.json"
     rounds = json.loads(rounds_file.read_text())
     rows = []
+    dense_trials: dict = {}
     for r in rounds:
         test = run_cli(
             PAPER,
@@ -50,6 +52,7 @@ def sweep_one(config: Path, experiment: str, overrides: list[str]) -> list[dict]
         metrics = {k.removeprefix("test/"): float(v) for k, v in test.trainer.callback_metrics.items()}
         ood = [v for k, v in metrics.items() if k.startswith("ood/")]
         metrics["ood/mean"] = statistics.fmean(ood) if ood else float("nan")
+        metrics.update(consistency_with_dense(test.model.trials, dense_trials, r["round"] == 0))
         rows.append({"round": r["round"], "sparsity": r["sparsity"], **metrics})
         print(
             f"[{PAPER}] {experiment} round {r['round']:2d} sparsity {r['sparsity']:.3f} "
@@ -57,6 +60,27 @@ def sweep_one(config: Path, experiment: str, overrides: list[str]) -> list[dict]
             flush=True,
         )
     return rows
+
+
+def consistency_with_dense(trials: dict, dense: dict, is_dense: bool) -> dict[str, float]:
+    """Error consistency of one round with the dense model: ``ec/clean`` (clean test set), ``ec/ood_mean`` (mean of
+    the kappas of the distortions) and ``ec/cue_conflict`` (a trial is correct when the decision is the shape class).
+
+    The human observers' trials of model-vs-human are not available offline, so the second observer is the dense
+    model (round 0). For the dense model itself the values are NaN (kappa with itself is 1 by definition); its
+    ``trials`` are stored into ``dense``.
+    """
+    keys = [k for k in trials if not k.startswith("cue_conflict_")]
+    if is_dense:
+        dense.clear()
+        dense.update(trials)
+        kappa = {k: float("nan") for k in keys}
+    else:
+        kappa = {k: error_consistency(trials[k], dense[k]) for k in keys if k in dense}
+    ood = [v for k, v in kappa.items() if k not in ("clean", "cue_conflict")]
+    out = {f"ec/{k}": kappa[k] for k in ("clean", "cue_conflict") if k in kappa}
+    out["ec/ood_mean"] = statistics.fmean(ood) if ood else float("nan")
+    return out
 
 
 def _sweep_job(args: tuple[Path, str, list[str]]) -> tuple[list[dict], float]:
@@ -100,8 +124,12 @@ def plot(arch: str, per_seed: dict[int, list[dict]], out: Path, label: str) -> P
         ("LOST CorLoc", ["corloc"]),
         ("OOD accuracy", [k for k in keys if k.startswith("ood/") and k != "ood/mean"]),
         ("mean OOD accuracy", ["ood/mean"]),
+        ("shape bias (cue-conflict)", ["shape_bias"]),
+        ("error consistency with dense", ["ec/clean", "ec/ood_mean", "ec/cue_conflict"]),
     ]
-    fig, axes = figure(2, 3, width=4.2, height=3.2)
+    panels = [(t, [k for k in names if k in keys]) for t, names in panels]
+    panels = [(t, names) for t, names in panels if names]
+    fig, axes = figure(3, 3, width=4.2, height=3.2)
     colours = [COLORS["method"], COLORS["reference"], COLORS["extra"], COLORS["baseline"]]
     for ax, (title, names) in zip(axes.flat, panels):
         for j, name in enumerate(names):
@@ -117,11 +145,16 @@ def plot(arch: str, per_seed: dict[int, list[dict]], out: Path, label: str) -> P
                 color=line.get_color(),
                 alpha=0.15,
             )
-            best = max(range(n), key=lambda i: mean[i])
+            finite = [i for i in range(n) if mean[i] == mean[i]]
+            if not finite:
+                continue
+            best = max(finite, key=lambda i: mean[i])
             ax.plot([x[best]], [mean[best]], marker="*", ms=12, color=line.get_color(), zorder=5)
         ax.set(title=title, xlabel="sparsity (%)")
         if len(names) > 1:
             ax.legend(fontsize=6 if len(names) > 4 else 7, ncol=2 if len(names) > 4 else 1)
+    for ax in axes.flat[len(panels) :]:
+        ax.set_visible(False)
     fig.subplots_adjust(hspace=0.45)
     fig.suptitle(f"{arch} — {label} (★ sweet spot, seed mean ± std over {len(seeds)} seed(s))", fontsize=10)
     return save_png(fig, out / f"sweep_{arch}.png")
@@ -173,7 +206,8 @@ def run(scale: str, quick: bool, out: Path, data_dir: Path | None = None, seeds:
         metrics[f"{arch}.sweep_time_s"] = timings[arch]
         plot(arch, per_seed, out, data["label"])
     scale_key = scale_name(scale, quick)
-    curve_cols = ["arch", "seed", "round", "sparsity", "acc", "corloc", "ood/mean"]
+    curve_cols = ["arch", "seed", "round", "sparsity", "acc", "corloc", "ood/mean", "shape_bias"]
+    curve_cols += ["ec/clean", "ec/ood_mean", "ec/cue_conflict"]
     curve_cols += sorted({k for row in curves for k in row if k.startswith(("rma/", "rra/"))})
     times = ", ".join(f"{a} {t:.0f}" for a, t in timings.items())
     notes = (
