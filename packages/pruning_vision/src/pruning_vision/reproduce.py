@@ -2,8 +2,9 @@
 
 For each round checkpoint (dense model first) ``test`` scores accuracy, attribution (RMA/RRA per method), LOST
 CorLoc, accuracy under each distortion and shape bias on the cue-conflict set; error consistency (Cohen's kappa of
-trial-by-trial correctness) is measured between each pruned round and the dense model. The sweep summary finds each metric's sweet spot (peak of the seed-mean
-curve and the sparsity where it occurs); curves are plotted per architecture with the sweet spots marked.
+trial-by-trial correctness) is measured between each pruned round and the dense model. The sweep summary finds each
+metric's sweet spot (peak of the seed-mean curve and the sparsity where it occurs); curves are plotted per
+architecture with the sweet spots marked.
 """
 
 from __future__ import annotations
@@ -63,8 +64,10 @@ def sweep_one(config: Path, experiment: str, overrides: list[str]) -> list[dict]
 
 
 def consistency_with_dense(trials: dict, dense: dict, is_dense: bool) -> dict[str, float]:
-    """Error consistency of one round with the dense model: ``ec/clean`` (clean test set), ``ec/ood_mean`` (mean of
-    the kappas of the distortions) and ``ec/cue_conflict`` (a trial is correct when the decision is the shape class).
+    """Error consistency (Cohen's kappa) of one round with the dense model.
+
+    Keys: ``ec/clean`` (clean test set), ``ec/ood_mean`` (mean of the kappas of the distortions) and
+    ``ec/cue_conflict`` (a trial is correct when the decision is the shape class).
 
     The human observers' trials of model-vs-human are not available offline, so the second observer is the dense
     model (round 0). For the dense model itself the values are NaN (kappa with itself is 1 by definition); its
