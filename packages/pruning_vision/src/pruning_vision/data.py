@@ -63,7 +63,7 @@ N_DEFAULT_TEXTURES = 3
 
 @functools.cache
 def _textures() -> torch.Tensor:
-    """The :data:`TEXTURES` as grey images ``[10, 512, 512]`` in [0, 1] (others resized to 512x512 by area)."""
+    """The :data:`TEXTURES` as grey images ``[10, 512, 512]`` in [0, 1] (resized to 512x512 where they differ)."""
     from skimage import data
     from skimage.color import rgb2gray
 
@@ -94,6 +94,7 @@ def composite(
     """
     tex = _textures()
     r = lambda *s: torch.rand(*s, generator=gen)  # noqa: E731
+    # The draw happens even when the texture is given, so that crop, tint, digit size and place do not depend on it.
     k = int(torch.randint(N_DEFAULT_TEXTURES, (1,), generator=gen))
     k = k if texture is None else texture
     crop = int(torch.randint(48, 160, (1,), generator=gen))
