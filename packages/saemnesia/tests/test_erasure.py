@@ -88,3 +88,21 @@ def test_hook_edits_both_cfg_halves_and_keeps_tuple():
     ref = eraser.edit(tokens).view(4, 3, 3, 8).permute(0, 3, 1, 2)
     assert torch.allclose(out, ref)
     assert not torch.allclose(out[:2], h[:2]) and not torch.allclose(out[2:], h[2:])
+
+
+def test_candidate_shortcut_matches_full_encoding():
+    # several latents, k = 2 of 32: many tokens have pre_L above the threshold without z_L making the TopK
+    torch.manual_seed(3)
+    sae = TopKSAE(8, 32, 2).double()
+    with torch.no_grad():
+        sae.b_enc.copy_(0.5 * torch.randn(32))
+    x = torch.randn(300, 8, dtype=torch.float64)
+    lat, means, thr = torch.tensor([1, 9, 20]), torch.tensor([1.0, 2.0, 0.5]), torch.tensor([0.1, 0.0, 0.3])
+    out = ConceptEraser(sae, lat, means, thr, multiplier=-15.0).edit(x)
+    z = topk_activation(sae.pre_acts(x), sae.k)  # the full computation on every token
+    z2 = z.clone()
+    sel = z[:, lat] > thr
+    z2[:, lat] = torch.where(sel, z[:, lat] * means * -15.0, z[:, lat])
+    assert torch.allclose(out, x + (z2 - z) @ sae.W_dec, atol=1e-10)
+    candidates = (sae.pre_acts(x)[:, lat] > thr).any(1)
+    assert bool((candidates & ~sel.any(1)).any())  # the case the shortcut must not edit occurs

@@ -84,18 +84,31 @@ class ConceptEraser:
 
     @torch.no_grad()
     def edit(self, x: torch.Tensor) -> torch.Tensor:
-        """Erase in tokens ``x`` ``[N, d]``; returns ``[N, d]``."""
+        """Erase in tokens ``x`` ``[N, d]``; returns ``[N, d]``.
+
+        Only tokens where some erased latent's pre-activation exceeds its threshold can be edited (``z_L`` is either
+        0 or ``relu(pre_L)``, and thresholds are means of activations, so >= 0); the full encoder and TopK run on
+        those candidates only, and every other token is returned unchanged, exactly as the full computation would.
+        """
         sae = self.sae
-        z = topk_activation(sae.pre_acts(x), sae.k)
-        z_l = z[:, self.latents]
+        if self.sign_slip:  # D(z') + D(z) - x == x' + 2 (D(z) - x): touches every token
+            z = topk_activation(sae.pre_acts(x), sae.k)
+            return self._apply(x, z[:, self.latents]) + 2 * (sae.decode(z) - x)
+        pre_l = (x - sae.b_dec) @ sae.W_enc[:, self.latents] + sae.b_enc[self.latents]  # [N, m]
+        rows = (pre_l > self.thresholds.clamp_min(0)).any(dim=1).nonzero().flatten()
+        out = x.clone()
+        if len(rows):
+            z_l = topk_activation(sae.pre_acts(x[rows]), sae.k)[:, self.latents]
+            out[rows] = self._apply(x[rows], z_l)
+        return out
+
+    def _apply(self, x: torch.Tensor, z_l: torch.Tensor) -> torch.Tensor:
+        """``x + (z'_L - z_L) W_dec[L]`` for tokens ``x`` ``[n, d]`` with codes ``z_l`` ``[n, m]`` on the latents."""
         selected = z_l > self.thresholds
         factor = self.multiplier * (self.concept_means if self.scale_by_mean else torch.ones_like(self.concept_means))
         new = torch.where(selected, z_l * factor, z_l)
         self.edited_tokens += int(selected.any(dim=1).sum())
-        out = x + (new - z_l) @ sae.W_dec[self.latents]
-        if self.sign_slip:  # D(z') + D(z) - x == x' + 2 (D(z) - x)
-            out = out + 2 * (sae.decode(z) - x)
-        return out
+        return x + (new - z_l) @ self.sae.W_dec[self.latents]
 
     def __call__(self, module: torch.nn.Module, inputs: tuple, output):
         hidden = output[0] if isinstance(output, tuple) else output
