@@ -114,6 +114,14 @@ def summarise(arch: str, per_seed: dict[int, list[dict]]) -> tuple[dict[str, flo
     return metrics, rows
 
 
+def _nan_mean_std(values: tuple[float, ...]) -> tuple[float, float]:
+    """Mean and population std over seeds, ignoring NaN (a metric a seed could not compute); NaN if all are NaN."""
+    finite = [v for v in values if v == v]
+    if not finite:
+        return float("nan"), float("nan")
+    return statistics.fmean(finite), statistics.pstdev(finite) if len(finite) > 1 else 0.0
+
+
 def plot(arch: str, per_seed: dict[int, list[dict]], out: Path, label: str) -> Path:
     """Metric-vs-sparsity curves (seed mean ± std) with the sweet spot of each curve marked by a star."""
     seeds = sorted(per_seed)
@@ -137,8 +145,7 @@ def plot(arch: str, per_seed: dict[int, list[dict]], out: Path, label: str) -> P
     for ax, (title, names) in zip(axes.flat, panels):
         for j, name in enumerate(names):
             ys = [[per_seed[s][i].get(name, float("nan")) for i in range(n)] for s in seeds]
-            mean = [statistics.fmean(col) for col in zip(*ys)]
-            std = [statistics.pstdev(col) if len(col) > 1 else 0.0 for col in zip(*ys)]
+            mean, std = zip(*(_nan_mean_std(col) for col in zip(*ys)))
             colour = colours[j % len(colours)] if len(names) <= 4 else None
             line = ax.plot(x, mean, marker="o", ms=3, color=colour, label=name.split("/")[-1])[0]
             ax.fill_between(
