@@ -77,6 +77,25 @@ def dispatch(
     return rgb, alpha, counts
 
 
+def _ray_outputs(
+    rgb: torch.Tensor,
+    opacity: torch.Tensor,
+    probs: torch.Tensor,
+    counts: torch.Tensor,
+    points: int,
+    candidates: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """The dict both render paths return: colours, opacity, gate stats and the point counts the FLOP counter needs."""
+    return {
+        "rgb": rgb,
+        "opacity": opacity,
+        "probs": probs,
+        "counts": counts,
+        "points": torch.tensor(points),
+        "candidates": candidates,
+    }
+
+
 class BoostNeRF(nn.Module):
     """Experts + gate + sampler: renders rays.
 
@@ -188,14 +207,7 @@ class BoostNeRF(nn.Module):
         rgb = accumulate_along_rays(weights, rgb_p, ray_indices=ray_idx, n_rays=n_rays)
         opacity = accumulate_along_rays(weights, None, ray_indices=ray_idx, n_rays=n_rays)[:, 0]
         rgb = rgb + (1 - opacity[:, None]) * self.background
-        return {
-            "rgb": rgb,
-            "opacity": opacity,
-            "probs": probs,
-            "counts": counts,
-            "points": torch.tensor(len(x)),
-            "candidates": candidates,
-        }
+        return _ray_outputs(rgb, opacity, probs, counts, len(x), candidates)
 
     def render_rays(
         self,
@@ -239,14 +251,7 @@ class BoostNeRF(nn.Module):
         alphas = alpha_p.new_zeros(n).index_copy(0, flat, alpha_p).view(shape)
         rgbs = rgb_p.new_zeros(n, 3).index_copy(0, flat, rgb_p).view(*shape, 3)
         rgb, opacity, _ = composite(alphas, rgbs, self.background)
-        return {
-            "rgb": rgb,
-            "opacity": opacity,
-            "probs": probs,
-            "counts": counts,
-            "points": torch.tensor(len(x)),
-            "candidates": candidates,
-        }
+        return _ray_outputs(rgb, opacity, probs, counts, len(x), candidates)
 
     @torch.no_grad()
     def render_image(
