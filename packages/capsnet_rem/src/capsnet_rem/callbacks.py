@@ -32,6 +32,11 @@ class REMPruning(pl.Callback):
         search_steps: Bisection steps of the threshold search.
         min_val_acc: Prune only once the validation accuracy exceeds this (affNIST: 0.5).
         prune: Run the threshold search (False: LOBSTER only).
+        prune_epochs: Epochs with LOBSTER and threshold search (None: all). Later epochs fine-tune the surviving
+            weights with the masks frozen and no LOBSTER, so the last epochs only recover accuracy.
+        target_sparsity: Also end the pruning phase once the global weight sparsity reaches this (None: never).
+        finetune_lr_factor: The optimizer's learning rate is multiplied by this once, when fine-tuning starts
+            (the lr scheduler's per-epoch decay continues from there).
     """
 
     def __init__(
@@ -42,13 +47,33 @@ class REMPruning(pl.Callback):
         search_steps: int = 12,
         min_val_acc: float = 0.0,
         prune: bool = True,
+        prune_epochs: int | None = None,
+        target_sparsity: float | None = None,
+        finetune_lr_factor: float = 1.0,
     ):
         self.lambda_max, self.lambda_decay, self.tolerance = lambda_max, lambda_decay, tolerance
         self.search_steps, self.min_val_acc, self.prune = search_steps, min_val_acc, prune
+        self.prune_epochs, self.target_sparsity, self.finetune_lr_factor = (
+            prune_epochs,
+            target_sparsity,
+            finetune_lr_factor,
+        )
         self._masks: list[torch.Tensor] | None = None
+        # First epoch of the fine-tuning phase (None while pruning); checkpointed so a resumed run keeps its phase.
+        self.finetune_from: int | None = None
+
+    def state_dict(self) -> dict:
+        return {"finetune_from": self.finetune_from}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.finetune_from = state_dict.get("finetune_from")
+
+    def finetuning(self, epoch: int) -> bool:
+        """Whether ``epoch`` belongs to the fine-tuning phase (masks frozen, no LOBSTER, no threshold search)."""
+        return self.finetune_from is not None and epoch >= self.finetune_from
 
     def _lambda(self, epoch: int) -> float:
-        return self.lambda_max * self.lambda_decay ** (epoch + 1)
+        return 0.0 if self.finetuning(epoch) else self.lambda_max * self.lambda_decay ** (epoch + 1)
 
     @staticmethod
     def _net(pl_module: pl.LightningModule) -> torch.nn.Module:
@@ -58,6 +83,13 @@ class REMPruning(pl.Callback):
         return [p for _, p in _pruning_parameters(self._net(pl_module))]
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        epoch = trainer.current_epoch
+        if self.finetune_from is None and self.prune_epochs is not None and epoch >= self.prune_epochs:
+            self.finetune_from = epoch
+        if self.finetune_from == epoch and self.finetune_lr_factor != 1.0:
+            for optimizer in trainer.optimizers:
+                for group in optimizer.param_groups:
+                    group["lr"] *= self.finetune_lr_factor
         self._masks = nonzero_masks(self._params(pl_module))
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer) -> None:
@@ -90,7 +122,8 @@ class REMPruning(pl.Callback):
         named = _pruning_parameters(net)
         threshold = 0.0
         val_acc = trainer.callback_metrics.get("val/acc")
-        if self.prune and (val_acc is None or float(val_acc) > self.min_val_acc):
+        searching = self.prune and not self.finetuning(trainer.current_epoch)
+        if searching and (val_acc is None or float(val_acc) > self.min_val_acc):
             was_training = net.training
             net.eval()
             targets = threshold_targets(named)
@@ -101,6 +134,9 @@ class REMPruning(pl.Callback):
             net.train(was_training)
         self._masks = nonzero_masks([p for _, p in named])
         stats = sparsity((n, p) for n, p in named if n.rsplit(".", 1)[-1] == "weight")
+        reached = self.target_sparsity is not None and stats["global"] >= self.target_sparsity
+        if self.finetune_from is None and reached:
+            self.finetune_from = trainer.current_epoch + 1
         pl_module.log("rem/threshold", threshold)
         pl_module.log("rem/lambda", self._lambda(trainer.current_epoch))
         pl_module.log("rem/sparsity", stats["global"])

@@ -1,0 +1,92 @@
+"""Validation-only tuning of the CPU REM protocol: fit (no test) baseline/REM variants on given seeds.
+
+Every run goes through the real CLI (``fit`` only: the test split is never touched). For each run it prints the
+validation accuracy and margin loss of the model that the table would use (baseline: best validation checkpoint;
+REM: the network after the last epoch, i.e. after its last pruning step) and the weight sparsity.
+
+    heavy -1 python packages/capsnet_rem/tools/tune_rem.py --seeds 42 43 --baseline \
+        --variant 'ft5={"max_epochs": 25, "prune_epochs": 20, "finetune_lr_factor": 0.3}'
+
+A variant is a name and JSON: ``max_epochs`` plus any ``REMPruning`` arguments that replace the CPU config's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+import yaml
+from capsnet_rem.capsules import margin_loss
+from capsnet_rem.reproduce import NO_BAR, PAPER, _load, read_metrics
+from reprokit.cli import fit_test, package_path
+
+
+@torch.no_grad()
+def validate(net: torch.nn.Module, dm) -> tuple[float, float]:
+    """Accuracy and margin loss of ``net`` on the validation split."""
+    net.eval()
+    correct = n = 0
+    loss = 0.0
+    for x, y in dm.val_dataloader():
+        lengths = net(dm.prepare_batch(x, train=False)).lengths
+        correct += int((lengths.argmax(1) == y).sum())
+        loss += float(margin_loss(lengths, y)) * len(y)
+        n += len(y)
+    return correct / n, loss / n
+
+
+def main() -> None:
+    """Fit every requested run and append one JSON row per run to --out."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43])
+    parser.add_argument("--variant", action="append", default=[], help="name=JSON of REMPruning args/max_epochs")
+    parser.add_argument("--baseline", action="store_true", help="also fit the baseline config")
+    parser.add_argument("--out", default="/tmp/capsnet_tune/results.jsonl")
+    args = parser.parse_args()
+    cpu = package_path(PAPER, "configs") / "cpu"
+    runs = [("baseline", cpu / "baseline_mnist5k.yaml", [])] if args.baseline else []
+    tmp = Path(tempfile.mkdtemp(prefix="capsnet_rem_tune_"))
+    for spec in args.variant:
+        name, _, text = spec.partition("=")
+        changes = json.loads(text or "{}")
+        cfg = yaml.safe_load((cpu / "rem_mnist5k.yaml").read_text())
+        cfg["trainer"]["max_epochs"] = changes.pop("max_epochs", cfg["trainer"]["max_epochs"])
+        rem = next(c for c in cfg["trainer"]["callbacks"] if c["class_path"].endswith("REMPruning"))
+        rem["init_args"].update(changes)
+        path = tmp / f"rem_{name}.yaml"
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        runs.append((name, path, []))
+    for seed in args.seeds:
+        for name, config, extra in runs:
+            result = fit_test(
+                PAPER,
+                config,
+                experiment=f"tune-{name}-seed{seed}",
+                overrides=[*extra, f"--seed_everything={seed}", *NO_BAR],
+                test=False,
+            )
+            net = _load(result)
+            acc, loss = validate(net, result["cli"].datamodule)
+            weights = [p for n, p in net.pruning_parameters() if n.rsplit(".", 1)[-1] == "weight"]
+            sparsity = sum(int((p == 0).sum()) for p in weights) / sum(p.numel() for p in weights)
+            series = read_metrics(result["log_dir"])
+            row = {
+                "variant": name,
+                "seed": seed,
+                "val_acc": acc,
+                "val_margin_loss": loss,
+                "sparsity": sparsity,
+                "fit_time_s": round(result["fit_time_s"], 1),
+                "val_acc_per_epoch": [round(v, 3) for _, v in series.get("val/acc", [])],
+                "sparsity_per_epoch": [round(v, 3) for _, v in series.get("rem/sparsity", [])],
+            }
+            print(json.dumps(row), flush=True)
+            with open(args.out, "a") as handle:
+                handle.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
