@@ -10,7 +10,10 @@ Top-2 per backbone on the eight forward-facing scenes in NDC (results ``boost_ta
 from __future__ import annotations
 
 import math
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -291,6 +294,41 @@ def _write_table(
     )
 
 
+def parallel_jobs(n_backbones: int, scale: str) -> int:
+    """Processes the backbones of one scene run in: ``$BOOST_NERF_JOBS``, else one per torch thread (CPU only).
+
+    The backbones are independent experiments. On CPU their per-point ops (grid lookups, 32-wide MLPs on a few
+    thousand points) gain little from intra-op threads, so the cores torch was given (``OMP_NUM_THREADS``) are better
+    spent on separate single-threaded processes, at most one per backbone. ``--scale paper`` stays sequential: it
+    trains on one GPU.
+    """
+    env = os.environ.get("BOOST_NERF_JOBS")
+    if env:
+        return max(1, min(int(env), n_backbones))
+    if scale != "cpu":
+        return 1
+    return max(1, min(n_backbones, torch.get_num_threads()))
+
+
+def _backbone_job(
+    backbone: str,
+    scale: str,
+    quick: bool,
+    out: Path,
+    scene_dir: Path | None,
+    seed: int,
+    dataset: str,
+    label: str,
+    threads: int | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """One backbone's runs and figures (in a worker process when backbones run in parallel): rows and metrics."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    rows, metrics, keep = run_backbone(backbone, scale, quick, out, scene_dir, seed, dataset)
+    _figures(out, backbone, keep, label, DATASET_MODES[dataset])
+    return rows, metrics
+
+
 def run(scale: str, quick: bool, out: Path, data_dir: Path | None = None, seeds: list[int] | None = None) -> None:
     """Reproduce the table at ``scale`` (``paper`` or ``cpu``) into ``out``."""
     out = Path(out)
@@ -318,14 +356,23 @@ def run(scale: str, quick: bool, out: Path, data_dir: Path | None = None, seeds:
     backbones = QUICK["backbones"] if quick else FULL_CPU["backbones"] if scale == "cpu" else ("dvgo", "tensorf", "ngp")
     rows: list[dict[str, Any]] = []
     per_scene: dict[str, list[float]] = {}
+    jobs = parallel_jobs(len(backbones), scale)
+    threads = max(1, torch.get_num_threads() // jobs)
     for scene_dir in scene_dirs:
-        for backbone in backbones:
-            b_rows, b_metrics, keep = run_backbone(backbone, scale, quick, out, scene_dir, seed, dataset)
+        args = [(b, scale, quick, out, scene_dir, seed, dataset, label or data["label"]) for b in backbones]
+        if jobs == 1:
+            results = (_backbone_job(*a) for a in args)
+        else:
+            print(f"[{PAPER}] {len(backbones)} backbones in {jobs} processes of {threads} thread(s)", flush=True)
+            pool = ProcessPoolExecutor(jobs, mp_context=get_context("spawn"))
+            results = pool.map(_backbone_job, *zip(*args), [threads] * len(args))
+        for b_rows, b_metrics in results:  # in backbone order, as each finishes
             rows += [{**r, "scene": scene_dir.name if scene_dir else "procedural"} for r in b_rows]
             for key, value in b_metrics.items():
                 per_scene.setdefault(key, []).append(value)
-            _figures(out, backbone, keep, label or data["label"], DATASET_MODES[dataset])
             # Written after every backbone, so a long run that is stopped keeps what it finished.
             _write_table(name, out, scale, quick, data, rows, per_scene, seed, time.perf_counter() - start)
+        if jobs > 1:
+            pool.shutdown()
     atomic_write_json(out / "timing.json", {"wall_time_s": time.perf_counter() - start, "scale": scale, "quick": quick})
     print_check(out, package_path(PAPER, "expected"))
