@@ -106,3 +106,27 @@ def test_candidate_shortcut_matches_full_encoding():
     assert torch.allclose(out, x + (z2 - z) @ sae.W_dec, atol=1e-10)
     candidates = (sae.pre_acts(x)[:, lat] > thr).any(1)
     assert bool((candidates & ~sel.any(1)).any())  # the case the shortcut must not edit occurs
+
+
+def test_fast_path_equals_full_encode_edit_decode_float64():
+    # one latent (the counting branch) and two (also counting) and three (the k-th value branch), against the full
+    # formulation D(z') + (x - D(z)) with a TopK over every latent of every token
+    torch.manual_seed(4)
+    sae = TopKSAE(8, 64, 3).double()
+    with torch.no_grad():
+        sae.b_enc.copy_(0.3 * torch.randn(64))
+        sae.b_dec.copy_(0.2 * torch.randn(8))
+    x = torch.randn(500, 8, dtype=torch.float64)
+    for lat in ([7], [7, 30], [7, 30, 41]):
+        lat = torch.tensor(lat)
+        means, thr = torch.linspace(0.5, 2.0, len(lat)), torch.linspace(0.05, 0.2, len(lat))
+        eraser = ConceptEraser(sae, lat, means, thr, multiplier=-10.0)
+        out = eraser.edit(x)
+        z = topk_activation(sae.pre_acts(x), sae.k)
+        z2 = z.clone()
+        sel = z[:, lat] > thr.double()
+        z2[:, lat] = torch.where(sel, z[:, lat] * means.double() * -10.0, z[:, lat])
+        ref = sae.decode(z2) + (x - sae.decode(z))
+        assert torch.allclose(out, ref, atol=1e-10)
+        assert eraser.edited_tokens == int(sel.any(1).sum()) > 0
+        assert torch.equal(out[~sel.any(1)], x[~sel.any(1)])

@@ -1,7 +1,7 @@
 import pytest
 import torch
 from saemnesia.hooks import ActivationStore, ActivationWriter, capture
-from saemnesia.metrics import UnlearningAccuracy
+from saemnesia.metrics import UnlearningAccuracy, auroc
 from saemnesia.tiny_diffusion import SD_BLOCK, LocalTokenizer, TinyTextToImage, make_prompt
 from torch import nn
 
@@ -72,3 +72,14 @@ def test_unlearning_metrics_hand_case():
     seq.update(obj_pred, obj_true, sty_pred, sty_true)
     out = seq.compute()  # erased images: 0,0,0,0,1,1 -> correct 1 (first) + 1 (obj 1 at idx 4) -> UA = 1 - 2/6
     assert out["ua"] == pytest.approx(4 / 6) and out["ira"] == pytest.approx(1.0) and out["cra"] == pytest.approx(0.5)
+
+
+def test_auroc_hand_case_with_ties():
+    # positives 0.35, 0.8, 0.4; negatives 0.1, 0.4, 0.4. Pairs won: 0.35 -> 1, 0.8 -> 3, 0.4 -> 1 + two ties (1/2
+    # each) = 2; AUROC = 6 / 9
+    scores = torch.tensor([0.1, 0.4, 0.35, 0.8, 0.4, 0.4])
+    positive = torch.tensor([0, 0, 1, 1, 1, 0])
+    assert auroc(scores, positive) == pytest.approx(6 / 9)
+    assert auroc(scores, 1 - positive) == pytest.approx(3 / 9)  # swapping the classes mirrors it
+    assert auroc(torch.arange(4.0), torch.tensor([0, 0, 1, 1])) == 1.0
+    assert auroc(torch.ones(4), torch.tensor([0, 1, 0, 1])) == 0.5  # all tied: chance

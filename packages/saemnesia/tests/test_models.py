@@ -1,3 +1,4 @@
+import pytest
 import torch
 from saemnesia.classifiers import ToyClassifier
 from saemnesia.lightning_module import SAEModule
@@ -67,3 +68,16 @@ def test_stage_keys_follow_their_inputs(tmp_path):
     diff_cfg.write_text("a: 2\n")
     assert chain()[1] != after_sae[1]  # an upstream edit reaches the downstream key
     assert _stage_key("", diff_cfg, 32) != _stage_key("", diff_cfg, 33)  # settings count too
+
+
+def test_min_snr_weights_match_hand_formula():
+    from saemnesia.lightning_module import TinyDiffusionModule
+
+    module = TinyDiffusionModule(min_snr_gamma=5.0)
+    t = torch.tensor([0, 300, 600, 999])
+    abar = module.train_sched.alphas_cumprod[t].double()
+    snr = abar / (1 - abar)
+    expected = [min(float(s), 5.0) / float(s) for s in snr]
+    assert module.loss_weights(t).tolist() == pytest.approx(expected, rel=1e-6)
+    assert module.loss_weights(t)[0] < 0.01 and module.loss_weights(t)[-1] == 1.0  # low noise down-weighted
+    assert torch.equal(TinyDiffusionModule().loss_weights(t), torch.ones(4))  # gamma 0: plain MSE

@@ -86,29 +86,47 @@ class ConceptEraser:
     def edit(self, x: torch.Tensor) -> torch.Tensor:
         """Erase in tokens ``x`` ``[N, d]``; returns ``[N, d]``.
 
-        Only tokens where some erased latent's pre-activation exceeds its threshold can be edited (``z_L`` is either
-        0 or ``relu(pre_L)``, and thresholds are means of activations, so >= 0); the full encoder and TopK run on
-        those candidates only, and every other token is returned unchanged, exactly as the full computation would.
+        Fast path, exact: with ``z' = z`` off the erased latents ``L``, ``D(z') + (x - D(z)) = x + (z'_L - z_L)
+        W_dec[L]``, so no full decode is needed, and ``z_L`` needs no full TopK either: ``z_l`` is ``relu(pre_l)``
+        when fewer than ``k`` latents of the token score strictly higher, else 0. Thresholds are means of
+        activations (>= 0), so only tokens with ``pre_l`` above the threshold can change; the full encoder runs on
+        those candidates only and every other token is returned bit for bit. (Ties with the k-th pre-activation,
+        where TopK's choice is arbitrary anyway, have probability zero for real-valued activations.)
         """
         sae = self.sae
         if self.sign_slip:  # D(z') + D(z) - x == x' + 2 (D(z) - x): touches every token
             z = topk_activation(sae.pre_acts(x), sae.k)
             return self._apply(x, z[:, self.latents]) + 2 * (sae.decode(z) - x)
-        pre_l = (x - sae.b_dec) @ sae.W_enc[:, self.latents] + sae.b_enc[self.latents]  # [N, m]
-        rows = (pre_l > self.thresholds.clamp_min(0)).any(dim=1).nonzero().flatten()
+        thresholds = self.thresholds.to(x.dtype)
+        # (x - b_dec) W_enc + b_enc == x W_enc + (b_enc - b_dec W_enc): one fused multiply-add, no [N, d] copy
+        bias = sae.b_enc - sae.b_dec @ sae.W_enc  # [n_latents]
+        pre_l = torch.addmm(bias[self.latents], x, sae.W_enc[:, self.latents])  # [N, m]
+        rows = (pre_l > thresholds.clamp_min(0)).any(dim=1).nonzero().flatten()
         out = x.clone()
         if len(rows):
-            z_l = topk_activation(sae.pre_acts(x[rows]), sae.k)[:, self.latents]
-            out[rows] = self._apply(x[rows], z_l)
+            pre = torch.addmm(bias, x[rows], sae.W_enc)  # [n, n_latents]
+            # re-read pre_l from the full product: the one-column product can round differently, and then a
+            # latent could outrank itself in the count below
+            cand_l = pre[:, self.latents]  # [n, m]
+            if len(self.latents) <= 2:  # counting (int32) is ~3x cheaper than a TopK for one or two latents
+                in_topk = torch.gt(pre.unsqueeze(1), cand_l.unsqueeze(2)).sum(-1, dtype=torch.int32) < sae.k
+            else:
+                in_topk = cand_l >= pre.topk(sae.k, dim=-1).values[:, -1:]
+            z_l = torch.where(in_topk, cand_l.relu(), torch.zeros_like(cand_l))
+            out[rows] += self._delta(z_l)
         return out
+
+    def _delta(self, z_l: torch.Tensor) -> torch.Tensor:
+        """``(z'_L - z_L) W_dec[L]`` ``[n, d]`` for codes ``z_l`` ``[n, m]`` on the erased latents."""
+        selected = z_l > self.thresholds.to(z_l.dtype)
+        means = self.concept_means.to(z_l.dtype)
+        factor = self.multiplier * (means if self.scale_by_mean else torch.ones_like(means))
+        self.edited_tokens += int(selected.any(dim=1).sum())
+        return torch.where(selected, z_l * (factor - 1), torch.zeros_like(z_l)) @ self.sae.W_dec[self.latents]
 
     def _apply(self, x: torch.Tensor, z_l: torch.Tensor) -> torch.Tensor:
         """``x + (z'_L - z_L) W_dec[L]`` for tokens ``x`` ``[n, d]`` with codes ``z_l`` ``[n, m]`` on the latents."""
-        selected = z_l > self.thresholds
-        factor = self.multiplier * (self.concept_means if self.scale_by_mean else torch.ones_like(self.concept_means))
-        new = torch.where(selected, z_l * factor, z_l)
-        self.edited_tokens += int(selected.any(dim=1).sum())
-        return x + (new - z_l) @ self.sae.W_dec[self.latents]
+        return x + self._delta(z_l)
 
     def __call__(self, module: torch.nn.Module, inputs: tuple, output):
         hidden = output[0] if isinstance(output, tuple) else output

@@ -57,3 +57,26 @@ class UnlearningAccuracy(Metric):
 def selection_score(ua: float, ira: float, cra: float, weights: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> float:
     """The weighted UA/IRA/CRA average used to choose erasure parameters per class."""
     return (weights[0] * ua + weights[1] * ira + weights[2] * cra) / sum(weights)
+
+
+def auroc(scores: torch.Tensor, positive: torch.Tensor) -> float:
+    """Area under the ROC curve of ``scores`` ``[N]`` for the boolean labels ``positive`` ``[N]``.
+
+    Mann-Whitney form: the probability that a random positive outscores a random negative, ties counting 1/2
+    (average ranks). 0.5 is chance, 1.0 a perfectly selective score.
+    """
+    scores, positive = scores.double().flatten(), positive.bool().flatten()
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = scores.argsort()
+    sorted_scores = scores[order]
+    ranks = torch.empty_like(scores)
+    ranks[order] = torch.arange(1, len(scores) + 1, dtype=torch.float64)
+    # average the ranks of tied scores: every member of a tie group gets the group's mean rank
+    _, group, counts = torch.unique_consecutive(sorted_scores, return_inverse=True, return_counts=True)
+    first = torch.cumsum(counts, 0) - counts + 1
+    mean_rank = (first + first + counts - 1).double() / 2
+    ranks[order] = mean_rank[group]
+    u = ranks[positive].sum() - n_pos * (n_pos + 1) / 2
+    return float(u / (n_pos * n_neg))
