@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import torch
 from boost_nerf import reproduce
 
@@ -38,3 +40,5 @@ def test_sequential_run_keeps_backbone_order_and_writes_after_each(tmp_path, mon
     reproduce.run("cpu", False, tmp_path / "out")
     assert calls == list(reproduce.FULL_CPU["backbones"])
     assert written == [1, 2, 3]
+    timing = json.loads((tmp_path / "out" / "timing.json").read_text())
+    assert timing["processes"] == 1 and set(timing["backbones"]) == {f"procedural/{b}" for b in calls}

@@ -143,7 +143,8 @@ def run_backbone(
     """Both stages for one backbone; returns table rows, flat metrics and what the figures need.
 
     ``dataset`` is ``"offline"`` (scale cpu), ``"blender"`` or ``"llff"`` (scale paper): it picks the configs
-    (``configs/paper/<dataset>_*.yaml``) and the stage-2 runs (:data:`DATASET_MODES`).
+    (``configs/paper/<dataset>_*.yaml``) and the stage-2 runs (:data:`DATASET_MODES`). ``keep["timing"]`` holds the
+    wall and CPU seconds of every fit, the evaluations and the orbit GIF (written to ``timing.json``).
     """
     configs = package_path(PAPER, "configs")
     sub = "cpu" if scale == "cpu" else "paper"
@@ -165,6 +166,9 @@ def run_backbone(
         moe_overrides = []
     ckpts: dict[int, str] = {}
     rows, metrics, keep = [], {}, {}
+    # Where this backbone's time goes (seconds of wall and of this process's CPU, per fit and for the evaluations).
+    timing: dict[str, float] = {}
+    wall0, cpu0 = time.perf_counter(), time.process_time()
     base_cfg = configs / sub / f"{prefix}{backbone}_expert{resolutions[-1]}.yaml"
     for res in sorted({gate_res, *resolutions}):
         print(f"[{PAPER}] {backbone}: stage 1, expert {res}^3", flush=True)
@@ -172,10 +176,12 @@ def run_backbone(
         extra = []
         if not cfg.is_file():  # quick resolutions: the smallest config, resized
             cfg, extra = base_cfg, [f"--model.init_args.expert_resolutions=[{res}]"]
+        cpu = time.process_time()
         result, fit_s = _fit(cfg, f"{scale}-{backbone}-expert{res}", [*common, *expert_steps, *extra])
+        timing[f"fit_expert{res}_s"], timing[f"fit_expert{res}_cpu_s"] = fit_s, time.process_time() - cpu
         ckpts[res] = result["ckpt"]
         if res == resolutions[-1]:
-            ev = evaluate(result["cli"].model, result["cli"].datamodule)
+            ev = _timed(timing, "eval_s", evaluate, result["cli"].model, result["cli"].datamodule)
             rows.append(_row(backbone, "baseline", f"single {res}^3", ev, fit_s))
             keep["baseline"] = ev
             keep["split"] = result["cli"].datamodule.test_split
@@ -186,12 +192,21 @@ def run_backbone(
             f"--model.init_args.expert_checkpoints=[{','.join(ckpts[r] for r in resolutions)}]",
             f"--model.init_args.gate_checkpoint={ckpts[gate_res]}",
         ]
+        cpu = time.process_time()
         result, fit_s = _fit(cfg, f"{scale}-{backbone}-{name}", [*common, *moe_steps, *moe_overrides, *init])
-        ev = evaluate(result["cli"].model, result["cli"].datamodule)
+        timing[f"fit_{name}_s"], timing[f"fit_{name}_cpu_s"] = fit_s, time.process_time() - cpu
+        ev = _timed(timing, "eval_s", evaluate, result["cli"].model, result["cli"].datamodule)
         rows.append(_row(backbone, name, f"{len(resolutions)} experts {resolutions}, gate {gate_res}^3", ev, fit_s))
         keep[name] = ev
         if name == "top2" and dataset != "llff":  # an orbit on a sphere does not suit forward-facing NDC scenes
-            _orbit_gif(result["cli"].model, keep["split"], out / f"orbit_{backbone}_top2.gif")
+            _timed(
+                timing,
+                "orbit_gif_s",
+                _orbit_gif,
+                result["cli"].model,
+                keep["split"],
+                out / f"orbit_{backbone}_top2.gif",
+            )
     for row in rows:
         for key in ("psnr", "ssim", "gflops"):
             metrics[f"{backbone}.{row['method']}.{key}"] = row[key]
@@ -201,7 +216,17 @@ def run_backbone(
     metrics[f"{backbone}.top2_over_baseline.gflops"] = metrics[f"{backbone}.top2.gflops"] / max(
         metrics[f"{backbone}.baseline.gflops"], 1e-12
     )
+    timing["total_s"], timing["total_cpu_s"] = time.perf_counter() - wall0, time.process_time() - cpu0
+    keep["timing"] = timing
     return rows, metrics, keep
+
+
+def _timed(timing: dict[str, float], key: str, fn, *args):
+    """``fn(*args)``, adding its wall seconds to ``timing[key]``."""
+    start = time.perf_counter()
+    result = fn(*args)
+    timing[key] = timing.get(key, 0.0) + time.perf_counter() - start
+    return result
 
 
 def _row(backbone: str, method: str, setup: str, ev: dict[str, Any], fit_s: float) -> dict[str, Any]:
@@ -320,13 +345,17 @@ def _backbone_job(
     dataset: str,
     label: str,
     threads: int | None = None,
-) -> tuple[list[dict[str, Any]], dict[str, float]]:
-    """One backbone's runs and figures (in a worker process when backbones run in parallel): rows and metrics."""
+) -> tuple[list[dict[str, Any]], dict[str, float], dict[str, float]]:
+    """One backbone's runs and figures (in a worker process when backbones run in parallel).
+
+    Returns:
+        Table rows, flat metrics, and where the backbone's time went (see :func:`run_backbone`).
+    """
     if threads is not None:
         torch.set_num_threads(threads)
     rows, metrics, keep = run_backbone(backbone, scale, quick, out, scene_dir, seed, dataset)
     _figures(out, backbone, keep, label, DATASET_MODES[dataset])
-    return rows, metrics
+    return rows, metrics, keep.get("timing", {})
 
 
 def run(scale: str, quick: bool, out: Path, data_dir: Path | None = None, seeds: list[int] | None = None) -> None:
@@ -356,6 +385,7 @@ def run(scale: str, quick: bool, out: Path, data_dir: Path | None = None, seeds:
     backbones = QUICK["backbones"] if quick else FULL_CPU["backbones"] if scale == "cpu" else ("dvgo", "tensorf", "ngp")
     rows: list[dict[str, Any]] = []
     per_scene: dict[str, list[float]] = {}
+    timings: dict[str, dict[str, float]] = {}
     jobs = parallel_jobs(len(backbones), scale)
     threads = max(1, torch.get_num_threads() // jobs)
     for scene_dir in scene_dirs:
@@ -366,7 +396,8 @@ def run(scale: str, quick: bool, out: Path, data_dir: Path | None = None, seeds:
             print(f"[{PAPER}] {len(backbones)} backbones in {jobs} processes of {threads} thread(s)", flush=True)
             pool = ProcessPoolExecutor(jobs, mp_context=get_context("spawn"))
             results = pool.map(_backbone_job, *zip(*args), [threads] * len(args))
-        for b_rows, b_metrics in results:  # in backbone order, as each finishes
+        for backbone, (b_rows, b_metrics, b_timing) in zip(backbones, results, strict=True):  # in backbone order
+            timings[f"{scene_dir.name if scene_dir else 'procedural'}/{backbone}"] = b_timing
             rows += [{**r, "scene": scene_dir.name if scene_dir else "procedural"} for r in b_rows]
             for key, value in b_metrics.items():
                 per_scene.setdefault(key, []).append(value)
@@ -374,5 +405,16 @@ def run(scale: str, quick: bool, out: Path, data_dir: Path | None = None, seeds:
             _write_table(name, out, scale, quick, data, rows, per_scene, seed, time.perf_counter() - start)
         if jobs > 1:
             pool.shutdown()
-    atomic_write_json(out / "timing.json", {"wall_time_s": time.perf_counter() - start, "scale": scale, "quick": quick})
+    atomic_write_json(
+        out / "timing.json",
+        {
+            "wall_time_s": time.perf_counter() - start,
+            "cpu_time_s_main_process": time.process_time(),
+            "scale": scale,
+            "quick": quick,
+            "processes": jobs,
+            "threads_per_process": threads,
+            "backbones": timings,
+        },
+    )
     print_check(out, package_path(PAPER, "expected"))
