@@ -83,3 +83,24 @@ def test_auroc_hand_case_with_ties():
     assert auroc(scores, 1 - positive) == pytest.approx(3 / 9)  # swapping the classes mirrors it
     assert auroc(torch.arange(4.0), torch.tensor([0, 0, 1, 1])) == 1.0
     assert auroc(torch.ones(4), torch.tensor([0, 1, 0, 1])) == 0.5  # all tied: chance
+
+
+def test_latent_selectivity_on_a_hand_built_store(tmp_path):
+    from saemnesia.reproduce import latent_selectivity
+    from saemnesia.sae import TopKSAE
+
+    sae = TopKSAE(2, 2, 1)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.eye(2))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    writer = ActivationWriter(tmp_path, chunk_items=3)
+    # object 0 items: tokens along x (latent 0 fires); object 1 items: along y (latent 1 fires); 4 tokens each
+    for o, scale in ((0, 1.0), (1, 2.0), (0, 3.0), (1, 0.5), (0, 0.2)):
+        tokens = torch.zeros(1, 4, 2)
+        tokens[0, :, o] = scale
+        writer.append(tokens, torch.tensor([[o, 0, 0]]))
+    store = ActivationStore(writer.close())
+    items = torch.arange(5)
+    assert latent_selectivity(sae, store, torch.tensor([0, 1]), items) == [1.0, 1.0]
+    assert latent_selectivity(sae, store, torch.tensor([1, 0]), items) == [0.0, 0.0]  # swapped: anti-selective

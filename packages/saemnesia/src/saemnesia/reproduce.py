@@ -20,13 +20,14 @@ from pathlib import Path
 
 import torch
 from reprokit.cli import ReproError, fit_test, package_path, runs_root
+from reprokit.data import split_indices
 from reprokit.plotting import COLORS, figure, save_png
 from reprokit.results import data_info, print_check, run_metadata, scale_name, write_results
 
 from saemnesia.erasure import ConceptEraser, ErasureStack, feature_scores, select_by_quantile
 from saemnesia.hooks import ActivationStore, ActivationWriter, capture
 from saemnesia.lightning_module import ClassifierModule, SAEModule, TinyDiffusionModule
-from saemnesia.metrics import UnlearningAccuracy, selection_score
+from saemnesia.metrics import UnlearningAccuracy, auroc, selection_score
 from saemnesia.sae import topk_activation
 from saemnesia.tiny_diffusion import SD_BLOCK, make_prompt, noise_schedulers
 from saemnesia.toyworld import OBJECTS, STYLE_NAMES
@@ -167,6 +168,28 @@ def evaluate(diffusion, classifier, erased: list[int], erasers: list[ConceptEras
     return {k: float(v) for k, v in metric.compute().items()}, images
 
 
+@torch.no_grad()
+def latent_selectivity(sae, store: ActivationStore, latents: torch.Tensor, items: torch.Tensor) -> list[float]:
+    """Held-out AUROC of each object's latent: its spatially pooled activation as a score for "the item shows it".
+
+    Args:
+        sae: The SAE.
+        store: Activation store with labels ``(object, style, timestep)``.
+        latents: ``[n_objects]`` the latent read for each object.
+        items: Indices of the held-out items of ``store``.
+
+    Returns:
+        One AUROC per object (0.5: chance, 1: the latent's pooled activation separates its object perfectly).
+    """
+    pooled, objects = [], []
+    for i in items.tolist():
+        acts, lab = store[i]
+        pooled.append(topk_activation(sae.pre_acts(acts), sae.k)[:, latents].mean(0))
+        objects.append(int(lab[0]))
+    pooled, objects = torch.stack(pooled), torch.tensor(objects)
+    return [auroc(pooled[:, o], objects == o) for o in range(len(latents))]
+
+
 def _eraser(sae, latents, per_object, overall, obj, mult):
     return ConceptEraser(sae, latents, per_object[obj, latents], overall[latents], mult)
 
@@ -264,6 +287,18 @@ def run(scale: str, quick: bool, out: Path, data_dir: Path | None = None, seeds:
     sup_obj, sup_all = concept_stats(sup, store)
     # the baseline gets the same activity filter as SAEmnesia's assignment, so neither picks near-silent latents
     scores = feature_scores(base_obj, sup_module.hparams.min_activity)
+    # selectivity of the latent each method leans on (SAEmnesia's assigned one; the baseline's top-scored one), on
+    # the items the SAEs were validated on (the same split as ActivationDataModule's)
+    _, held_out = split_indices(len(store), (0.9, 0.1), 0)
+    selectivity = {
+        "unsupervised": latent_selectivity(base, store, scores.argmax(1), held_out),
+        "saemnesia": latent_selectivity(sup, store, sup_module.object_latents, held_out),
+    }
+    print(
+        f"[{PAPER}] held-out AUROC of each object's latent: "
+        + "; ".join(f"{n} " + " ".join(f"{a:.2f}" for a in v) for n, v in selectivity.items()),
+        flush=True,
+    )
     methods = {
         "unsupervised": lambda o, q, m: _eraser(base, select_by_quantile(scores[o], q), base_obj, base_all, o, m),
         "saemnesia": lambda o, q, m: _eraser(sup, sup_module.object_latents[o : o + 1], sup_obj, sup_all, o, m),
@@ -335,6 +370,8 @@ def run(scale: str, quick: bool, out: Path, data_dir: Path | None = None, seeds:
         "sequential.saemnesia.ua_last": seq["saemnesia"][-1]["ua"],
         "sequential.unsupervised.ua_last": seq["unsupervised"][-1]["ua"],
         "ua_gain": by["saemnesia"]["ua"] - by["unsupervised"]["ua"],
+        "selectivity.saemnesia.auroc": statistics.fmean(selectivity["saemnesia"]),
+        "selectivity.unsupervised.auroc": statistics.fmean(selectivity["unsupervised"]),
         "avg_gain": by["saemnesia"]["avg"] - by["unsupervised"]["avg"],
     }
     notes = (
