@@ -125,3 +125,11 @@ def test_each_expert_fits_a_toy_density_field(backbone):
     assert agree > 0.95
     rgb, raw = expert(test_x[:10], torch.nn.functional.normalize(torch.randn(10, 3), dim=-1))
     assert rgb.shape == (10, 3) and raw.shape == (10,) and ((rgb > 0) & (rgb < 1)).all()
+
+
+@pytest.mark.parametrize("backbone", ["dvgo", "tensorf", "ngp"])
+def test_experts_accept_an_empty_batch(backbone):
+    """A batch whose every sample was filtered out: empty outputs, not a reshape error."""
+    expert = make_expert(backbone, 8, AABB)
+    rgb, raw = expert(torch.zeros(0, 3), torch.zeros(0, 3))
+    assert rgb.shape == (0, 3) and raw.shape == (0,)

@@ -162,3 +162,30 @@ def test_model_renders_alike_on_the_estimator_and_cpu_paths():
     gpu = model.cuda().render_rays(origins.cuda(), dirs.cuda())
     assert (gpu["opacity"].cpu() - cpu["opacity"]).abs().mean() < 0.03
     assert (gpu["rgb"].cpu() - cpu["rgb"]).abs().mean() < 0.03
+
+
+def test_single_ngp_training_pass_filters_with_one_forward_like_filter_then_evaluate():
+    """The fused training path (one forward on all candidates) equals the density filter + forward on kept points."""
+    torch.manual_seed(0)
+    expert = make_expert("ngp", 12, tuple(AABB.tolist()), levels=3, log2_table_size=8, base_resolution=4, mlp_width=16)
+    with torch.no_grad():
+        expert.tables.normal_(0, 1.0)
+        expert.density_net[-1].bias[0] = 6.0  # dense enough that the weight filter drops points behind surfaces
+    model = BoostNeRF([expert], None, "single", 1, tuple(AABB.tolist()))
+    assert expert.density_shares_forward
+    origins, dirs = _slab_rays(64)
+    jitter = torch.rand(64, generator=torch.Generator().manual_seed(3))
+    results = {}
+    for fused in (True, False):
+        expert.density_shares_forward = fused  # instance attribute: False takes the filter-then-evaluate branch
+        expert.zero_grad()
+        out = model.render_rays(origins, dirs, jitter)
+        out["rgb"].square().sum().backward()
+        results[fused] = (out, [p.grad.clone() for p in expert.parameters()])
+    (new, new_grads), (old, old_grads) = results[True], results[False]
+    assert 0 < int(old["points"]) < int(old["candidates"])  # the filter drops some candidates
+    assert int(new["points"]) == int(old["points"]) and new["counts"].tolist() == old["counts"].tolist()
+    assert torch.allclose(new["rgb"], old["rgb"], rtol=1e-6, atol=1e-7)
+    assert torch.allclose(new["opacity"], old["opacity"], rtol=1e-6, atol=1e-7)
+    for g_new, g_old in zip(new_grads, old_grads, strict=True):
+        assert torch.allclose(g_new, g_old, rtol=1e-5, atol=1e-8)

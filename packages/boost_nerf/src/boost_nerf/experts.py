@@ -40,6 +40,10 @@ class Expert(nn.Module):
 
     resolution: int
     feature_dim: int
+    #: True when ``density`` costs nearly a whole ``forward`` (Instant-NGP: the hash encoding and the density MLP
+    #: are shared, only the small colour MLP differs). A single-expert training step then filters points with one
+    #: forward pass on all candidates instead of a density pass plus a forward pass on the kept points.
+    density_shares_forward: bool = False
 
     def __init__(self, resolution: int, aabb: tuple[float, ...], dir_freqs: int):
         super().__init__()
@@ -234,6 +238,8 @@ class HashGridExpert(Expert):
         dir_freqs: Octaves of the view-direction encoding (NGP uses spherical harmonics; this is the shared PE).
     """
 
+    density_shares_forward = True
+
     def __init__(
         self,
         resolution: int,
@@ -268,7 +274,9 @@ class HashGridExpert(Expert):
             weights = (w[2][:, :, None, None] * w[1][:, None, :, None] * w[0][:, None, None, :]).reshape(-1, 8)
             slots = hash_grid_index(base, res, self.table_size)
             # index_select's backward is one index_add (F.embedding's CPU backward sorts the indices: ~5x slower).
-            corner_feats = self.tables[level].index_select(0, slots.view(-1)).view(len(x), 8, -1)  # [P, 8, F]
+            corner_feats = (
+                self.tables[level].index_select(0, slots.view(-1)).view(len(x), 8, self.tables.shape[-1])
+            )  # [P, 8, F]
             # An elementwise weighted sum, not bmm: the FLOP counter counts matmuls only, and grid interpolation is
             # left out for every backbone alike (DVGO's and TensoRF's grid_sample is not counted either).
             out.append((weights.view(-1, 8, 1) * corner_feats).sum(1))

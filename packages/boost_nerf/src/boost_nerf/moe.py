@@ -163,6 +163,20 @@ class BoostNeRF(nn.Module):
     def _keep(self, x: torch.Tensor, flat: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
         """Mask over candidate points ``[P]``: alpha and weight under the finest expert above the threshold."""
         alpha = raw_to_alpha(self.experts[self.finest].density(x), self.act_shift, self.interval)
+        return self._keep_from_alpha(alpha, flat, shape)
+
+    @torch.no_grad()
+    def _keep_from_alpha(self, alpha: torch.Tensor, flat: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+        """Filter mask ``[P]`` from the finest expert's alpha at the candidate points.
+
+        Args:
+            alpha: Alpha ``[P]`` at the candidates.
+            flat: Their flat indices ``[P]`` into the ``shape = (rays, samples)`` sample grid.
+            shape: ``(rays, samples)``.
+
+        Returns:
+            True where alpha and the compositing weight are both above ``fast_color_thres``.
+        """
         dense = alpha.new_zeros(shape[0] * shape[1]).index_copy(0, flat, alpha).view(shape)
         weights, _ = render_weight_from_alpha(dense)
         return (alpha > self.fast_color_thres) & (weights.view(-1)[flat] > self.fast_color_thres)
@@ -243,15 +257,24 @@ class BoostNeRF(nn.Module):
         occupied = occupancy_lookup(x, self.occupancy, aabb)
         flat, x = flat[occupied], x[occupied]
         candidates = torch.tensor(len(x))
-        keep = self._keep(x, flat, shape)
-        flat, x = flat[keep], x[keep]
-        d = viewdirs[:, None, :].expand_as(pts).reshape(-1, 3)[flat]
-        rgb_p, alpha_p, probs, counts = self._blend(x, d)
+        dirs_flat = viewdirs[:, None, :].expand_as(pts).reshape(-1, 3)
+        if self.mode == "single" and self.experts[0].density_shares_forward and torch.is_grad_enabled():
+            # Training a single expert whose density is most of a forward pass: one pass on every candidate gives
+            # both the filter's alpha and the kept points' outputs (filter-then-evaluate's numbers, up to rounding).
+            rgb_c, raw_c = self.experts[0](x, dirs_flat[flat])
+            alpha_c = raw_to_alpha(raw_c, self.act_shift, self.interval)
+            keep = self._keep_from_alpha(alpha_c.detach(), flat, shape)
+            flat, rgb_p, alpha_p = flat[keep], rgb_c[keep], alpha_c[keep]
+            probs, counts = x.new_zeros(len(flat), 0), torch.tensor([len(flat)], device=x.device)
+        else:
+            keep = self._keep(x, flat, shape)
+            flat, x = flat[keep], x[keep]
+            rgb_p, alpha_p, probs, counts = self._blend(x, dirs_flat[flat])
         n = shape[0] * shape[1]
         alphas = alpha_p.new_zeros(n).index_copy(0, flat, alpha_p).view(shape)
         rgbs = rgb_p.new_zeros(n, 3).index_copy(0, flat, rgb_p).view(*shape, 3)
         rgb, opacity, _ = composite(alphas, rgbs, self.background)
-        return _ray_outputs(rgb, opacity, probs, counts, len(x), candidates)
+        return _ray_outputs(rgb, opacity, probs, counts, len(flat), candidates)
 
     @torch.no_grad()
     def render_image(
