@@ -17,8 +17,10 @@ import tempfile
 from pathlib import Path
 
 import torch
+import yaml
 from diffusers import UNet2DConditionModel
 from reprokit.bench import paired_ab, time_fn, torch_threads, write_bench
+from reprokit.cli import package_path
 from saemnesia.erasure import ConceptEraser, ErasureStack
 from saemnesia.hooks import ActivationWriter, capture
 from saemnesia.sae import TopKSAE, topk_activation
@@ -69,14 +71,16 @@ def unet_flops(unet: UNet2DConditionModel, batch: int, context: tuple[int, int])
     return float(counter.get_total_flops())
 
 
-def flops_table(tiny_unet: UNet2DConditionModel, batch: int, candidates: float) -> dict[str, dict[str, float]]:
+def flops_table(
+    tiny_unet: UNet2DConditionModel, batch: int, candidates: float, tokens_per_image: int, width: int
+) -> dict[str, dict[str, float]]:
     """Hook FLOPs / UNet FLOPs per CFG step for the tiny model (``batch`` prompts) and for SD1.5 (one prompt)."""
     with torch.device("meta"):
         sd15 = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
     out = {}
     # SD1.5's up_blocks.1.attentions.1 output: [2, 1280, 16, 16] at 512 px; SAE expansion 16 (20480 latents)
     for name, unet, prompts, ctx, tokens, d, n in (
-        ("tiny", tiny_unet, batch, (8, 64), 2 * batch * 256, 32, 512),
+        ("tiny", tiny_unet, batch, (8, 64), 2 * batch * tokens_per_image, width, 16 * width),
         ("sd15", sd15, 1, (77, 768), 2 * 256, 1280, 20480),
     ):
         u = unet_flops(unet, 2 * prompts, ctx)
@@ -94,15 +98,21 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     with torch_threads(args.threads):
-        model = TinyTextToImage().eval()
+        # the CPU reproduction's model and SAE sizes (untrained: timing only)
+        arch = yaml.safe_load((package_path("saemnesia", "configs") / "cpu" / "diffusion.yaml").read_text())
+        arch = arch["model"]["init_args"]
+        model = TinyTextToImage(
+            arch["sample_size"], arch["channels"], arch["dim"], arch.get("attention_levels", [0])
+        ).eval()
         _, ddim = noise_schedulers()
         prompts = [make_prompt("circle", "ember")] * args.batch
-        sae = TopKSAE(32, 512, 8)
-        latent = torch.tensor([3])
         block = model.unet.get_submodule(SD_BLOCK)
         # the method's threshold: the latent's mean activation over the tokens of a plain sampling run
         with capture(model.unet, SD_BLOCK, half="all") as store:
             model.sample(prompts, ddim, steps=args.steps, seed=0)
+        tokens_per_image, width = store[0].shape[1:]
+        sae = TopKSAE(width, 16 * width, 8)
+        latent = torch.tensor([3])
         with torch.no_grad():
             z_l = torch.cat([topk_activation(sae.pre_acts(t.flatten(0, 1)), sae.k)[:, latent] for t in store])
         mean_act = z_l.mean(0)
@@ -137,8 +147,8 @@ def main() -> None:
                 writer.close()
 
         caching = time_fn(cache, warmup=1, repeats=3)
-        cached_tokens = args.batch * args.steps * 16 * 16
-        x = torch.randn(4096, 32)
+        cached_tokens = args.batch * args.steps * tokens_per_image
+        x = torch.randn(4096, width)
         opt = torch.optim.Adam(sae.parameters(), lr=4e-4)
 
         def sae_step():
@@ -151,9 +161,11 @@ def main() -> None:
             sae.normalize_decoder()
 
         training = time_fn(sae_step, warmup=2, repeats=10)
-    flops = flops_table(model.unet, args.batch, candidates)
+    flops = flops_table(model.unet, args.batch, candidates, tokens_per_image, width)
     result = {
         "threads": args.threads,
+        "block_tokens_per_image": int(tokens_per_image),
+        "block_width": int(width),
         "erasure_overhead_ratio": overheads["rule"].median_ratio,
         "erasure_overhead_pct": 100 * (overheads["rule"].median_ratio - 1),
         "erasure_overhead_thr0_pct": 100 * (overheads["thr0"].median_ratio - 1),
@@ -179,7 +191,10 @@ def main() -> None:
             f"{f['hook_full_pct']:.2f}% (full encode-edit-decode)"
         )
     print(f"activation caching: {result['caching_tokens_per_s']:.0f} tokens/s (sampling included)")
-    print(f"SAE training (d=32, 512 latents, k=8, 4096-token batches): {result['sae_train_tokens_per_s']:.0f} tokens/s")
+    print(
+        f"SAE training (d={width}, {16 * width} latents, k=8, 4096-token batches): "
+        f"{result['sae_train_tokens_per_s']:.0f} tokens/s"
+    )
     print(f"-> {path}")
 
 

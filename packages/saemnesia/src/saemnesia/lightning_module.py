@@ -69,6 +69,7 @@ class TinyDiffusionModule(pl.LightningModule):
     Args:
         sample_size: Image side.
         channels: UNet block widths.
+        attention_levels: Resolution levels with cross-attention (see :func:`saemnesia.tiny_diffusion.build_unet`).
         dim: Text/cross-attention width.
         lr: AdamW learning rate.
         ema_decay: EMA decay of the weights used for sampling.
@@ -86,6 +87,7 @@ class TinyDiffusionModule(pl.LightningModule):
         sample_size: int = 16,
         channels: Sequence[int] = (32, 64),
         dim: int = 64,
+        attention_levels: Sequence[int] = (0,),
         lr: float = 2e-3,
         ema_decay: float = 0.995,
         cond_dropout: float = 0.1,
@@ -95,7 +97,7 @@ class TinyDiffusionModule(pl.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters()
-        self.model = TinyTextToImage(sample_size, channels, dim)
+        self.model = TinyTextToImage(sample_size, channels, dim, attention_levels)
         self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
         self.ema.requires_grad_(False)
         self.train_sched, _ = noise_schedulers()

@@ -67,17 +67,39 @@ class TinyTextEncoder(nn.Module):
 
 
 def build_unet(
-    sample_size: int = 16, channels: Sequence[int] = (32, 64), cross_attention_dim: int = 64, in_channels: int = 3
+    sample_size: int = 16,
+    channels: Sequence[int] = (32, 64),
+    cross_attention_dim: int = 64,
+    in_channels: int = 3,
+    attention_levels: Sequence[int] = (0,),
 ) -> UNet2DConditionModel:
-    """A ~0.8M-parameter UNet2DConditionModel with cross-attention in ``up_blocks.1`` (like SD's read-out block)."""
+    """A small UNet2DConditionModel whose ``up_blocks.1`` has cross-attention (like SD's read-out block).
+
+    Args:
+        sample_size: Image side.
+        channels: Block widths, one per resolution level (level 0 is full resolution).
+        cross_attention_dim: Text-state width.
+        in_channels: Image channels.
+        attention_levels: Resolution levels with cross-attention blocks (down block ``i`` and up block
+            ``len(channels) - 1 - i``). ``(0,)`` with two levels puts ``up_blocks.1`` at full resolution (one token
+            per pixel); ``(1,)`` with three levels puts it at half resolution, nearer SD1.5, whose
+            ``up_blocks.1`` runs at a quarter of the latent side.
+    """
+    n = len(channels)
+    if n - 2 not in attention_levels:
+        raise ValueError(
+            f"up_blocks.1 (resolution level {n - 2}) needs cross-attention: attention_levels {tuple(attention_levels)}"
+        )
+    down = tuple("CrossAttnDownBlock2D" if i in attention_levels else "DownBlock2D" for i in range(n))
+    up = tuple("CrossAttnUpBlock2D" if n - 1 - j in attention_levels else "UpBlock2D" for j in range(n))
     return UNet2DConditionModel(
         sample_size=sample_size,
         in_channels=in_channels,
         out_channels=in_channels,
         block_out_channels=tuple(channels),
         layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        down_block_types=down,
+        up_block_types=up,
         cross_attention_dim=cross_attention_dim,
         attention_head_dim=8,
         norm_num_groups=8,
@@ -93,11 +115,17 @@ def noise_schedulers(steps: int = 1000) -> tuple[DDPMScheduler, DDIMScheduler]:
 class TinyTextToImage(nn.Module):
     """Text encoder + UNet: predicts the noise ``[B, 3, H, W]`` of ``x_t`` at timesteps ``t`` given token ids."""
 
-    def __init__(self, sample_size: int = 16, channels: Sequence[int] = (32, 64), dim: int = 64):
+    def __init__(
+        self,
+        sample_size: int = 16,
+        channels: Sequence[int] = (32, 64),
+        dim: int = 64,
+        attention_levels: Sequence[int] = (0,),
+    ):
         super().__init__()
         self.tokenizer = LocalTokenizer()
         self.text = TinyTextEncoder(len(self.tokenizer.words), self.tokenizer.length, dim)
-        self.unet = build_unet(sample_size, channels, dim)
+        self.unet = build_unet(sample_size, channels, dim, attention_levels=attention_levels)
         self.sample_size = sample_size
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
