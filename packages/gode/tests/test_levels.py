@@ -1,6 +1,7 @@
 """Level sizes, iterative masking and its nesting invariants, enhancement sets, fade-in, level sampling."""
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -97,3 +98,21 @@ def test_sample_level_distribution():
 def test_gradient_importance_sums_per_gaussian_norms():
     grads = {"a": torch.tensor([[3.0, 4.0], [0.0, 0.0]]), "b": torch.tensor([[[1.0]], [[-2.0]]])}
     torch.testing.assert_close(gradient_importance(grads), torch.tensor([6.0, 2.0]))
+
+
+def test_means_schedule_restarts_and_survives_a_checkpoint():
+    from gode.lightning_module import MeansSchedule
+
+    schedule = MeansSchedule(total=100, final_ratio=0.01)
+    # exp((1 - t) log 1 + t log 0.01): 0.1 half way, 0.01 at and after the end
+    assert math.isclose(schedule(50), 0.1, rel_tol=1e-9) and math.isclose(schedule(400), 0.01, rel_tol=1e-9)
+    schedule.restart(step=120, total=40)
+    assert math.isclose(schedule(119), 0.01, rel_tol=1e-9)  # before the restart: the first decay
+    assert schedule(120) == 1.0 and math.isclose(schedule(140), 0.1, rel_tol=1e-9)
+    # LambdaLR checkpoints a callable object's attributes: a fresh scheduler loading them keeps the restart.
+    param = torch.nn.Parameter(torch.zeros(1))
+    sched = torch.optim.lr_scheduler.LambdaLR(torch.optim.SGD([param], lr=2.0), [schedule])
+    fresh = MeansSchedule(total=100, final_ratio=0.01)
+    other = torch.optim.lr_scheduler.LambdaLR(torch.optim.SGD([param], lr=2.0), [fresh])
+    other.load_state_dict(sched.state_dict())
+    assert fresh.restart_step == 120 and math.isclose(fresh(140), 0.1, rel_tol=1e-9)

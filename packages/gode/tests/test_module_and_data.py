@@ -84,3 +84,64 @@ def test_lpips_is_nan_offline_without_weights(monkeypatch, tmp_path):
 
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))  # an empty hub cache: no VGG weights
     assert math.isnan(lpips(torch.rand(16, 16, 3), torch.rand(16, 16, 3)))
+
+
+def _leveled_module() -> tuple[GoDeModule, dict]:
+    torch.manual_seed(0)
+    module = GoDeModule(num_gaussians=60, sh_degree=1, num_levels=3, min_level_size=10, max_fraction=0.75)
+    module.scene_scale = 1.0
+    viewmat = torch.eye(4)
+    viewmat[2, 3] = 3.0
+    view = {"image": torch.rand(16, 16, 3), "viewmat": viewmat, "K": intrinsics(20.0, 16, 16)}
+    module._views_for_importance = lambda: [view]
+    module.assign_levels()
+    with torch.no_grad():
+        module.gaussians.shN.normal_()  # nonzero view-dependent colour, so the SH-rest L1 has a gradient
+    return module, {**view, "image": view["image"][None]}
+
+
+def test_lod_step_regularises_only_the_sampled_levels_sh(monkeypatch):
+    import gode.lightning_module as lm
+    from gode.metrics import photometric_loss
+
+    module, batch = _leveled_module()
+    monkeypatch.setattr(lm, "sample_level", lambda *args: 0)
+    module.training_step(batch, 0).backward()
+    got = module.gaussians.shN.grad.clone()
+    inside = level_mask(module.level_of, 0)
+    # Gaussians outside the sampled level are neither rendered nor regularised this step.
+    assert inside.sum() == 10 and got[~inside].abs().max() == 0
+    # Inside: the photometric gradient plus 0.05 * sign / (number of the level's SH-rest entries), computed apart.
+    module.gaussians.shN.grad = None
+    out = module.render_params(module.splats(0, quantize=True), batch, sh_degree=0)
+    photometric_loss(out.rgb, batch["image"][0], 0.2).backward()
+    shn = module.gaussians.shN.detach()[inside]
+    expected = module.gaussians.shN.grad[inside] + 0.05 * torch.sign(shn) / shn.numel()
+    torch.testing.assert_close(got[inside], expected)
+
+
+def test_lod_restart_resets_adam_and_the_centres_rate():
+    from gode.lightning_module import MeansSchedule
+
+    module, _ = _leveled_module()
+    params = list(module.gaussians.raw().values())
+    optimizer = torch.optim.Adam([{"params": [p]} for p in params], lr=0.1)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    optimizer.step()
+    schedule = MeansSchedule(total=10, final_ratio=0.01)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [schedule] + [lambda s: 1.0] * 5)
+    for _ in range(12):
+        scheduler.step()
+    assert math.isclose(optimizer.param_groups[0]["lr"], 0.001, rel_tol=1e-9)  # decayed to 0.01 x 0.1
+    module.hparams.schedule_steps = 20
+    trainer = type("T", (), {"global_step": 12})()
+    module._trainer = trainer
+    module.optimizers = lambda: optimizer
+    module.lr_schedulers = lambda: scheduler
+    module._restart_for_lod()
+    assert len(optimizer.state) == 0  # fresh moments and step counts
+    assert math.isclose(optimizer.param_groups[0]["lr"], 0.1, rel_tol=1e-9)
+    for _ in range(10):  # half of the restarted 20-step decay: 0.1 * 0.01 ** 0.5
+        scheduler.step()
+    assert math.isclose(optimizer.param_groups[0]["lr"], 0.01, rel_tol=1e-9)

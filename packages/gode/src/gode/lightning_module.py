@@ -38,6 +38,33 @@ def _constant(step: int) -> float:
     return 1.0
 
 
+class MeansSchedule:
+    """Centres' learning-rate factor per step: exponential decay, restarted once for the LoD fine-tuning.
+
+    A callable object rather than a closure: ``LambdaLR`` checkpoints the ``__dict__`` of such objects, so a run
+    resumed after the restart keeps it.
+
+    Args:
+        total: Steps of the first decay (``schedule_steps``).
+        final_ratio: Final / initial learning rate of each decay.
+    """
+
+    def __init__(self, total: int, final_ratio: float):
+        self.total = total
+        self.final_ratio = final_ratio
+        self.restart_step: int | None = None
+        self.restart_total = 1
+
+    def restart(self, step: int, total: int) -> None:
+        """Decay again from the initial rate, from ``step`` over ``total`` steps."""
+        self.restart_step, self.restart_total = int(step), max(int(total), 1)
+
+    def __call__(self, step: int) -> float:
+        if self.restart_step is not None and step >= self.restart_step:
+            return _decay(step - self.restart_step, self.restart_total, self.final_ratio)
+        return _decay(step, self.total, self.final_ratio)
+
+
 class GoDeModule(pl.LightningModule):
     """A 3DGS-MCMC (or default-densification 3DGS) scene with GoDe's progressive levels of detail.
 
@@ -72,7 +99,11 @@ class GoDeModule(pl.LightningModule):
         max_fraction: ``|G_{L-1}| / num_gaussians`` (the rest is pruned; 0.75, 0.5 for Deep Blending).
         level_weighting: Level sampling during fine-tuning: ``uniform`` or ``linear`` (toward high LoDs).
         qat: Quantisation-aware fine-tuning (int8 SH, fp16 geometry) and quantised evaluation.
-        sh_rest_l1: Weight of ``mean |SH_rest|`` during fine-tuning.
+        sh_rest_l1: Weight of ``mean |SH_rest|`` over the sampled level's Gaussians during fine-tuning.
+        lod_restart: Start the LoD fine-tuning with fresh Adam moments and the centres' learning rate decaying
+            again from its initial value over ``schedule_steps``, as GoDe's reference code does (its fine-tuning
+            is a new training run on the pre-trained model). False: continue the backbone's optimiser state and
+            decayed rate.
         importance_views: Training views used for the importance scores (None: all).
         bg_color: Background colour (RGB) behind the Gaussians.
         tile_size: Tile edge of the CPU rasterizer.
@@ -119,6 +150,7 @@ class GoDeModule(pl.LightningModule):
         level_weighting: Literal["uniform", "linear"] = "uniform",
         qat: bool = True,
         sh_rest_l1: float = 0.05,
+        lod_restart: bool = True,
         importance_views: int | None = None,
         bg_color: tuple[float, float, float] = (1.0, 1.0, 1.0),
         tile_size: int = 16,
@@ -240,7 +272,10 @@ class GoDeModule(pl.LightningModule):
             params = self.splats(level, quantize=self.hparams.qat)
             out = self.render_params(params, batch, sh_degree=self._sh_degree_now())
             loss = photometric_loss(out.rgb, target, self.hparams.ssim_lambda)
-            loss = loss + self.hparams.sh_rest_l1 * self.gaussians.shN.abs().mean()
+            # Only the rendered level's Gaussians: the others get no photometric gradient this step, and an L1 pull
+            # on them alone would shrink the SH of rarely sampled enhancement sets toward zero between their steps.
+            in_level = level_mask(self.level_of, level).nonzero().flatten()
+            loss = loss + self.hparams.sh_rest_l1 * self.gaussians.shN[in_level].abs().mean()
             self.log("train/level", float(level))
         else:
             out = self.render_params(self.gaussians.activated(), batch, sh_degree=self._sh_degree_now())
@@ -266,6 +301,21 @@ class GoDeModule(pl.LightningModule):
         hp = self.hparams
         if hp.num_levels > 0 and not self.lod_active and self.global_step >= hp.lod_start:
             self.assign_levels()
+            if hp.lod_restart:
+                self._restart_for_lod()
+
+    def _restart_for_lod(self) -> None:
+        """Fresh Adam moments and a restarted centres' schedule for the LoD fine-tuning (``lod_restart``)."""
+        optimizer = self._torch_optimizer()
+        optimizer.state.clear()  # Adam re-initialises moments and step counts on its next step
+        scheduler = self.lr_schedulers()
+        schedule = scheduler.lr_lambdas[0]
+        # Over schedule_steps again (the reference re-uses its optimisation settings), not "the rest of this run":
+        # a run stopped early and resumed must follow the same schedule as an uninterrupted one.
+        schedule.restart(self.global_step, self.hparams.schedule_steps)
+        # The rates of this step were set by the previous scheduler step: apply the restarted schedule now.
+        for group, base_lr, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+            group["lr"] = base_lr * factor(scheduler.last_epoch)
 
     def on_after_backward(self) -> None:
         if self._view_grad is not None:
@@ -404,6 +454,6 @@ class GoDeModule(pl.LightningModule):
             {"params": [g.shN], "lr": hp.lr_shN, "name": "shN"},
         ]
         optimizer = torch.optim.Adam(groups, eps=1e-15)
-        means_decay = functools.partial(_decay, total=hp.schedule_steps, final_ratio=hp.lr_means_final_ratio)
+        means_decay = MeansSchedule(hp.schedule_steps, hp.lr_means_final_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [means_decay] + [_constant] * 5)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

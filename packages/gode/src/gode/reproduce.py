@@ -47,7 +47,6 @@ QUICK = [
     "--model.init_args.min_level_size=50",
     "--model.init_args.sh_degree=1",
     "--model.init_args.sh_degree_interval=48",
-    "--model.init_args.importance_views=4",
     "--model.init_args.lod_start=60",
     "--model.init_args.schedule_steps=60",
     "--model.init_args.refine_start=24",
