@@ -104,3 +104,16 @@ def test_latent_selectivity_on_a_hand_built_store(tmp_path):
     items = torch.arange(5)
     assert latent_selectivity(sae, store, torch.tensor([0, 1]), items) == [1.0, 1.0]
     assert latent_selectivity(sae, store, torch.tensor([1, 0]), items) == [0.0, 0.0]  # swapped: anti-selective
+
+
+def test_three_level_unet_reads_up_blocks_1_at_half_resolution():
+    from saemnesia.tiny_diffusion import build_unet
+
+    model = TinyTextToImage(channels=(32, 64, 64), attention_levels=(1,)).eval()
+    ids = model.tokenizer([make_prompt("star")] * 2)
+    with capture(model.unet, SD_BLOCK) as store, torch.no_grad():
+        model.unet(torch.randn(4, 3, 16, 16), torch.tensor(10), encoder_hidden_states=model.text(torch.cat([ids, ids])))
+    assert store[0].shape == (2, 8 * 8, 64)  # 8x8 tokens of the middle level's 64 channels
+    assert model.unet.config.down_block_types == ("DownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D")
+    with pytest.raises(ValueError, match=r"up_blocks\.1"):
+        build_unet(channels=(32, 64, 64), attention_levels=(0,))  # up_blocks.1 would have no attention
