@@ -5,6 +5,11 @@ straightforward broadcast-matmul formulation (``W[None] @ u[..., None]`` and bro
 in the same run, alternately. Target (issue #3): >= 2.5x faster, < 1.5 GB peak RSS, outputs equal to 1e-5.
 The class-capsule layer alone (votes + routing, forward and backward on fixed primary capsules) is timed the same
 way: the convolutions both sides share take most of a step and bound the whole-step ratio.
+The convolutions are profiled on their own (``conv_profile.py``: GFLOP/s of each pass against a GEMM of the same
+size, NCHW vs ``channels_last``, oneDNN on/off); their time against the broadcast step is the Amdahl bound on the
+step ratio for any routing, however fast. Both sides run the same convolution code (``nn.Conv2d``, oneDNN NCHW):
+none of the alternatives tried was faster at batch 128 (see the package README), so the step ratio measured here is
+also the ratio with identical convolutions.
 Also: inference of a compacted (capsule-pruned) network against the dense one.
 
     python benchmarks/capsnet_rem/bench_routing.py            # a few batches per side (minutes)
@@ -18,6 +23,8 @@ import argparse
 import torch
 from capsnet_rem.capsules import margin_loss, reconstruction_loss, squash
 from capsnet_rem.model import CapsNet, compact
+from conv_profile import profile as conv_profile
+from conv_profile import report as conv_report
 from reprokit.bench import PeakMemory, paired_ab, time_fn, torch_threads, write_bench
 from torch import nn
 
@@ -178,6 +185,15 @@ def main() -> None:
         f"(convolutions, decoder, Adam) {shared:.3f} s, which bounds the whole-step ratio by "
         f"{(shared + caps.b.median_s) / shared:.2f}x"
     )
+    convs = conv_profile(batch=128, threads=args.threads)
+    conv_report(convs)
+    conv_s = convs["layouts"]["oneDNN NCHW"]["total_s"]
+    broadcast_batch_s = result.b.median_s / n_batches
+    print(
+        f"  Amdahl: the convolutions alone (fwd + bwd, oneDNN NCHW as in both models) take {conv_s:.3f} s of "
+        f"ours' {result.a.median_s / n_batches:.3f} s step; with a routing, decoder and optimizer that cost nothing "
+        f"the step ratio would be {broadcast_batch_s / conv_s:.2f}x at most"
+    )
     rows = compaction(args.threads)
     path = write_bench(
         "capsnet_rem_routing",
@@ -195,6 +211,12 @@ def main() -> None:
                 "paired": caps.as_dict(),
                 "rest_of_step_s": shared,
                 "step_ratio_bound": (shared + caps.b.median_s) / shared,
+            },
+            "convolutions": convs,
+            "amdahl_conv_only": {
+                "conv_s": conv_s,
+                "broadcast_step_s": broadcast_batch_s,
+                "step_ratio_bound": broadcast_batch_s / conv_s,
             },
             "compaction": rows,
             "targets": {"speedup_min": 2.5, "peak_rss_mb_max": 1536, "equal_atol": 1e-5},

@@ -77,7 +77,15 @@ def data(source, data_dir=None, batch_size=128, **kw):
     return {"class_path": "capsnet_rem.data.CapsDataModule", "init_args": args}
 
 
-def rem_callback(lambda_max=1e-4, tolerance=0.0, search_steps=16, min_val_acc=0.0, lambda_decay=0.99):
+def rem_callback(
+    lambda_max=1e-4,
+    tolerance=0.0,
+    search_steps=16,
+    min_val_acc=0.0,
+    lambda_decay=0.99,
+    target_sparsity=None,
+    finetune_lr_factor=1.0,
+):
     """The REMPruning callback block."""
     return {
         "class_path": "capsnet_rem.callbacks.REMPruning",
@@ -88,6 +96,9 @@ def rem_callback(lambda_max=1e-4, tolerance=0.0, search_steps=16, min_val_acc=0.
             "search_steps": search_steps,
             "min_val_acc": min_val_acc,
             "prune": True,
+            "prune_epochs": None,
+            "target_sparsity": target_sparsity,
+            "finetune_lr_factor": finetune_lr_factor,
         },
     }
 

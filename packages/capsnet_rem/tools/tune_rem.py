@@ -7,7 +7,9 @@ REM: the network after the last epoch, i.e. after its last pruning step) and the
     heavy -1 python packages/capsnet_rem/tools/tune_rem.py --seeds 42 43 --baseline \
         --variant 'ft5={"max_epochs": 25, "prune_epochs": 20, "finetune_lr_factor": 0.3}'
 
-A variant is a name and JSON: ``max_epochs`` plus any ``REMPruning`` arguments that replace the CPU config's.
+A variant is a name and JSON: ``max_epochs``, ``config`` (``rem`` or ``baseline``; default ``rem``), ``seeds``
+(run only on these) and any
+``REMPruning`` arguments that replace the CPU config's.
 """
 
 from __future__ import annotations
@@ -47,25 +49,30 @@ def main() -> None:
     parser.add_argument("--out", default="/tmp/capsnet_tune/results.jsonl")
     args = parser.parse_args()
     cpu = package_path(PAPER, "configs") / "cpu"
-    runs = [("baseline", cpu / "baseline_mnist5k.yaml", [])] if args.baseline else []
+    runs = [("baseline", cpu / "baseline_mnist5k.yaml", None)] if args.baseline else []
     tmp = Path(tempfile.mkdtemp(prefix="capsnet_rem_tune_"))
     for spec in args.variant:
         name, _, text = spec.partition("=")
         changes = json.loads(text or "{}")
-        cfg = yaml.safe_load((cpu / "rem_mnist5k.yaml").read_text())
+        base = changes.pop("config", "rem")
+        only = changes.pop("seeds", None)
+        cfg = yaml.safe_load((cpu / f"{base}_mnist5k.yaml").read_text())
         cfg["trainer"]["max_epochs"] = changes.pop("max_epochs", cfg["trainer"]["max_epochs"])
-        rem = next(c for c in cfg["trainer"]["callbacks"] if c["class_path"].endswith("REMPruning"))
-        rem["init_args"].update(changes)
-        path = tmp / f"rem_{name}.yaml"
+        if changes:
+            rem = next(c for c in cfg["trainer"]["callbacks"] if c["class_path"].endswith("REMPruning"))
+            rem["init_args"].update(changes)
+        path = tmp / f"{base}_{name}.yaml"
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-        runs.append((name, path, []))
+        runs.append((name, path, only))
     for seed in args.seeds:
-        for name, config, extra in runs:
+        for name, config, only in runs:
+            if only is not None and seed not in only:
+                continue
             result = fit_test(
                 PAPER,
                 config,
                 experiment=f"tune-{name}-seed{seed}",
-                overrides=[*extra, f"--seed_everything={seed}", *NO_BAR],
+                overrides=[f"--seed_everything={seed}", *NO_BAR],
                 test=False,
             )
             net = _load(result)
