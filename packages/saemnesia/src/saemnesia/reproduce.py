@@ -58,7 +58,7 @@ QUICK = Settings(1, 1, 20, 1, 4, 1, 1, (0,), (-30.0,), (0.98, 0.995), 1, steps=8
 # One evaluation samples all 24 prompts with 25 DDIM steps (~4 s on 2 cores); the search makes ~120 of them, which is
 # what the 20-minute budget leaves after the ~9 minutes of diffusion training.
 FULL = Settings(
-    8, 16, 100, 4, 5, 20, 60, tuple(range(len(OBJECTS))), (-1.0, -5.0, -15.0, -30.0), (0.98, 0.99, 0.995), 1
+    8, 16, 100, 4, 1, 20, 60, tuple(range(len(OBJECTS))), (-1.0, -5.0, -15.0, -30.0), (0.98, 0.99, 0.995), 1
 )
 
 
