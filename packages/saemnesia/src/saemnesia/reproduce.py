@@ -190,6 +190,12 @@ def latent_selectivity(sae, store: ActivationStore, latents: torch.Tensor, items
     return [auroc(pooled[:, o], objects == o) for o in range(len(latents))]
 
 
+def _finite_mean(values: list[float]) -> float:
+    """Mean of the finite values (a quick run's held-out items can miss an object: its AUROC is nan)."""
+    finite = [v for v in values if v == v]
+    return statistics.fmean(finite) if finite else float("nan")
+
+
 def _eraser(sae, latents, per_object, overall, obj, mult):
     return ConceptEraser(sae, latents, per_object[obj, latents], overall[latents], mult)
 
@@ -370,8 +376,8 @@ def run(scale: str, quick: bool, out: Path, data_dir: Path | None = None, seeds:
         "sequential.saemnesia.ua_last": seq["saemnesia"][-1]["ua"],
         "sequential.unsupervised.ua_last": seq["unsupervised"][-1]["ua"],
         "ua_gain": by["saemnesia"]["ua"] - by["unsupervised"]["ua"],
-        "selectivity.saemnesia.auroc": statistics.fmean(selectivity["saemnesia"]),
-        "selectivity.unsupervised.auroc": statistics.fmean(selectivity["unsupervised"]),
+        "selectivity.saemnesia.auroc": _finite_mean(selectivity["saemnesia"]),
+        "selectivity.unsupervised.auroc": _finite_mean(selectivity["unsupervised"]),
         "avg_gain": by["saemnesia"]["avg"] - by["unsupervised"]["avg"],
     }
     notes = (
