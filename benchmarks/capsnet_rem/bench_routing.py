@@ -10,6 +10,8 @@ size, NCHW vs ``channels_last``, oneDNN on/off); their time against the broadcas
 step ratio for any routing, however fast. Both sides run the same convolution code (``nn.Conv2d``, oneDNN NCHW):
 none of the alternatives tried was faster at batch 128 (see the package README), so the step ratio measured here is
 also the ratio with identical convolutions.
+``torch.compile`` of ours (what ``CapsuleClassifier(compile_net=True)`` runs) is timed against the same broadcast
+side too.
 Also: inference of a compacted (capsule-pruned) network against the dense one.
 
     python benchmarks/capsnet_rem/bench_routing.py            # a few batches per side (minutes)
@@ -19,6 +21,7 @@ Also: inference of a compacted (capsule-pruned) network against the dense one.
 from __future__ import annotations
 
 import argparse
+import time
 
 import torch
 from capsnet_rem.capsules import margin_loss, reconstruction_loss, squash
@@ -166,6 +169,20 @@ def main() -> None:
                 fn()
             peaks[name] = mem.peak_rss_mb
         result = paired_ab(step_fn(ours, batches), step_fn(theirs, batches), pairs=pairs, warmup=0)
+        # What CapsuleClassifier(compile_net=True) runs: the same network through torch.compile (shared weights).
+        compiled = torch.compile(ours)
+        x0, y0 = batches[0]
+        with torch.no_grad():
+            eager_len = ours(x0, y0).lengths
+        start = time.perf_counter()
+        step_fn(compiled, batches[:1])()
+        compile_s = time.perf_counter() - start
+        with torch.no_grad():
+            compiled_diff = float((compiled(x0, y0).lengths - eager_len).abs().max())
+        with PeakMemory() as mem:
+            step_fn(compiled, batches[:1])()
+        peaks["ours_compiled"] = mem.peak_rss_mb
+        result_c = paired_ab(step_fn(compiled, batches), step_fn(theirs, batches), pairs=pairs, warmup=0)
         # The capsule layer alone (votes + routing, forward and backward) on the primary capsules of one batch.
         with torch.no_grad():
             u = ours.primary(torch.relu(ours.conv(batches[0][0])))
@@ -178,6 +195,12 @@ def main() -> None:
     print(f"  ours      {per_epoch['ours']:.1f} s per 5k-image epoch, peak RSS {peaks['ours']:.0f} MiB")
     print(f"  broadcast {per_epoch['broadcast']:.1f} s per 5k-image epoch, peak RSS {peaks['broadcast']:.0f} MiB")
     print(f"  speed-up {speedup:.2f}x (target >= 2.5x); ours under 1.5 GB: {peaks['ours'] < 1536}")
+    per_epoch["ours_compiled"] = result_c.a.median_s / n_batches * 40
+    print(
+        f"  ours + torch.compile (CapsuleClassifier(compile_net=True); compiled in {compile_s:.0f} s, max |d length| "
+        f"vs eager {compiled_diff:.1e}): {per_epoch['ours_compiled']:.1f} s per 5k-image epoch, peak RSS "
+        f"{peaks['ours_compiled']:.0f} MiB, speed-up over broadcast {result_c.median_ratio:.2f}x"
+    )
     shared = result.a.median_s / n_batches - caps.a.median_s  # per batch: everything but the capsule layer
     print(
         f"  capsule layer alone (votes + routing, fwd + bwd, one batch): ours {caps.a.median_s:.3f} s, "
@@ -204,6 +227,12 @@ def main() -> None:
             "seconds_per_5k_epoch": per_epoch,
             "speedup": speedup,
             "paired": result.as_dict(),
+            "compiled": {
+                "compile_s": compile_s,
+                "max_abs_diff_lengths_vs_eager": compiled_diff,
+                "speedup": result_c.median_ratio,
+                "paired": result_c.as_dict(),
+            },
             "capsule_layer": {
                 "ours_s": caps.a.median_s,
                 "broadcast_s": caps.b.median_s,

@@ -25,6 +25,9 @@ class CapsuleClassifier(pl.LightningModule):
         m_neg: Margin for the other classes.
         neg_weight: Down-weighting of the other classes' margin term.
         tree_bins: Bins of the coupling coefficients in the parse-tree metrics (11; Tiny-ImageNet 128).
+        compile_net: Run the network through ``torch.compile`` in training and evaluation steps (measured on the
+            2-core CPU: Sabour CapsNet training step 1.27x faster after ~25 s of compilation, outputs equal to
+            1e-6). The threshold search of ``REMPruning`` keeps calling the eager network.
     """
 
     def __init__(
@@ -38,16 +41,20 @@ class CapsuleClassifier(pl.LightningModule):
         m_neg: float = 0.1,
         neg_weight: float = 0.5,
         tree_bins: int = 11,
+        compile_net: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["net"])
         self.net = net
+        # A plain attribute, not a submodule: the compiled wrapper shares net's parameters, and registering it would
+        # add a second copy of every key (``_orig_mod.*``) to the state dict.
+        object.__setattr__(self, "_run_net", torch.compile(net) if compile_net else net)
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_trees = ParseTrees(num_classes, tree_bins)
 
     def forward(self, x: torch.Tensor, target: torch.Tensor | None = None):
-        return self.net(x, target)
+        return self._run_net(x, target)
 
     def _margin(self, lengths: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return margin_loss(lengths, y, self.hparams.m_pos, self.hparams.m_neg, self.hparams.neg_weight)
