@@ -46,8 +46,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43])
     parser.add_argument("--variant", action="append", default=[], help="name=JSON of REMPruning args/max_epochs")
     parser.add_argument("--baseline", action="store_true", help="also fit the baseline config")
-    parser.add_argument("--out", default="/tmp/capsnet_tune/results.jsonl")
+    parser.add_argument("--out", default="runs/capsnet_rem/tune.jsonl", help="JSON lines, one per run (appended)")
     args = parser.parse_args()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     cpu = package_path(PAPER, "configs") / "cpu"
     runs = [("baseline", cpu / "baseline_mnist5k.yaml", None)] if args.baseline else []
     tmp = Path(tempfile.mkdtemp(prefix="capsnet_rem_tune_"))
