@@ -62,6 +62,8 @@ def test_stage_keys_follow_their_inputs(tmp_path):
 
     before = chain()
     assert chain() == before  # deterministic
+    sae_cfg.write_text("# a comment\nb:   1\n")
+    assert chain() == before  # comments and layout do not invalidate the cache
     sae_cfg.write_text("b: 2\n")
     after_sae = chain()
     assert after_sae[0] == before[0] and after_sae[1] != before[1]  # downstream only

@@ -11,6 +11,7 @@ sampling seed and reported on another.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import statistics
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 from reprokit.cli import ReproError, fit_test, package_path, runs_root
 from reprokit.data import split_indices
 from reprokit.plotting import COLORS, figure, save_png
@@ -83,10 +85,15 @@ PAPER_PROTOCOL = PaperProtocol()
 
 
 def _stage_key(parent: str, *parts) -> str:
-    """Hash of a cached stage's inputs: its parent stage's key, its config file's bytes and its settings."""
+    """Hash of a cached stage's inputs: its parent stage's key, its parsed config file and its settings.
+
+    The YAML is hashed after parsing, so editing a comment or the layout does not retrain a cached stage.
+    """
     digest = hashlib.sha256(parent.encode())
     for part in parts:
-        digest.update(part.read_bytes() if isinstance(part, Path) else repr(part).encode())
+        if isinstance(part, Path):
+            part = json.dumps(yaml.safe_load(part.read_text()), sort_keys=True, default=str)
+        digest.update(repr(part).encode())
     return digest.hexdigest()[:10]
 
 
