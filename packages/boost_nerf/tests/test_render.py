@@ -189,3 +189,33 @@ def test_single_ngp_training_pass_filters_with_one_forward_like_filter_then_eval
     assert torch.allclose(new["opacity"], old["opacity"], rtol=1e-6, atol=1e-7)
     for g_new, g_old in zip(new_grads, old_grads, strict=True):
         assert torch.allclose(g_new, g_old, rtol=1e-5, atol=1e-8)
+
+
+def test_renormalised_top1_render_equals_the_single_chosen_expert():
+    # A gate that sends every point to the finest expert, unsure (p = 0.5): renormalised Top-1 must render exactly
+    # what that expert renders alone (same filter, since the filter uses the finest expert), raw Top-1 must not.
+    torch.manual_seed(0)
+    experts = [make_expert("dvgo", r, tuple(AABB.tolist()), feature_dim=4, mlp_width=8) for r in (8, 12)]
+    with torch.no_grad():
+        for e in experts:
+            e.density_grid.normal_(0, 3)
+            e.feature_grid.normal_()
+        gate = NeRFGate(2, 4, tuple(AABB.tolist()), feature_dim=4)
+        gate.mlp[-1].weight.zero_()
+        gate.mlp[-1].bias.copy_(torch.tensor([0.0, 1e-3]))  # p = (0.49975, 0.50025)
+    kwargs = {"step_ratio": 0.5, "occupancy_resolution": 8}
+    renorm = BoostNeRF(experts, gate, "topk", 1, tuple(AABB.tolist()), renormalize_top1=True, **kwargs)
+    raw = BoostNeRF(experts, gate, "topk", 1, tuple(AABB.tolist()), **kwargs)
+    single = BoostNeRF([experts[1]], None, "single", 1, tuple(AABB.tolist()), **kwargs)
+    o = torch.tensor([[0.0, 0.0, -3.0]]).expand(64, 3).contiguous()
+    d = torch.nn.functional.normalize(
+        torch.randn(64, 3, generator=torch.Generator().manual_seed(1)) * 0.2 + torch.tensor([0.0, 0.0, 1.0]), dim=-1
+    )
+    with torch.no_grad():
+        ref = single.render_rays(o, d)
+        out = renorm.render_rays(o, d)
+        dim = raw.render_rays(o, d)
+    assert out["counts"].tolist() == [0, int(ref["points"])] and int(ref["points"]) > 0
+    torch.testing.assert_close(out["rgb"], ref["rgb"], rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(out["opacity"], ref["opacity"], rtol=1e-6, atol=1e-7)
+    assert (dim["opacity"] < out["opacity"] - 1e-3).any()  # p ~ 0.5 halves each sample's alpha

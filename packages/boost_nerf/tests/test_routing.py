@@ -132,3 +132,48 @@ def test_balancing_loss_prefers_low_resolution_experts():
     loss_low = resolution_balancing_loss(to_low, torch.tensor([10, 0, 0, 0, 0]), weights)
     loss_high = resolution_balancing_loss(to_high, torch.tensor([0, 0, 0, 0, 10]), weights)
     assert loss_low < loss_high
+
+
+def test_renormalised_top1_hand_worked_and_gradient():
+    probs = torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.2, 0.7]], requires_grad=True)
+    w1, i1 = top_k_routing(probs, 1, renormalize_top1=True)
+    assert torch.equal(w1.detach(), torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]))  # exactly 1, not 0.5 / 0.7
+    assert i1.tolist() == [[0], [2]]
+    # p / stop_grad(p): d w / d p = 1 / p on the chosen entry, so the reconstruction loss still trains the gate.
+    (w1 * torch.tensor([[2.0, 5.0, 5.0], [5.0, 5.0, 3.0]])).sum().backward()
+    assert torch.allclose(probs.grad, torch.tensor([[2.0 / 0.5, 0.0, 0.0], [0.0, 0.0, 3.0 / 0.7]]))
+    # The switch concerns k = 1 only: Top-2 is renormalised either way.
+    w2, _ = top_k_routing(probs.detach(), 2, renormalize_top1=True)
+    assert torch.equal(w2, top_k_routing(probs.detach(), 2)[0])
+
+
+@pytest.mark.parametrize("backbone", ["dvgo", "tensorf", "ngp"])
+def test_renormalised_top1_dispatch_returns_the_chosen_experts_output(backbone):
+    kwargs = {
+        "dvgo": {"feature_dim": 4, "mlp_width": 16},
+        "tensorf": {"density_components": 2, "appearance_components": 3, "feature_dim": 5, "mlp_width": 16},
+        "ngp": {"levels": 3, "log2_table_size": 8, "base_resolution": 4, "mlp_width": 16},
+    }[backbone]
+    experts = _random_experts(backbone, [6, 8, 10], **kwargs)
+    x, d = _points(200)
+    probs = torch.softmax(torch.randn(200, 3, generator=torch.Generator().manual_seed(4)), -1)
+    weights, index = top_k_routing(probs, 1, renormalize_top1=True)
+    rgb, alpha, counts = dispatch(experts, x, d, weights, index, act_shift=-4.0, interval=0.5)
+    chosen = probs.argmax(-1)
+    for e, expert in enumerate(experts):
+        sel = (chosen == e).nonzero().squeeze(1)
+        assert counts[e] == len(sel)
+        # Exact: the expert evaluated on the same rows, weight exactly 1, added once to zeros.
+        c, raw = expert(x[sel], d[sel])
+        assert torch.equal(rgb[sel], c) and torch.equal(alpha[sel], raw_to_alpha(raw, -4.0, 0.5))
+        # Second formulation: every expert on every point, the chosen one picked per point (last-bit tolerance of
+        # torch's vectorised sigmoid/softplus, see the dispatch test above).
+        c_all, raw_all = expert(x, d)
+        torch.testing.assert_close(rgb[sel], c_all[sel], rtol=1e-6, atol=0)
+        torch.testing.assert_close(alpha[sel], raw_to_alpha(raw_all, -4.0, 0.5)[sel], rtol=1e-6, atol=0)
+    # The released code's raw probability instead scales both by p < 1.
+    raw_w, _ = top_k_routing(probs, 1)
+    rgb_p, alpha_p, _ = dispatch(experts, x, d, raw_w, index, -4.0, 0.5)
+    p = probs.max(-1).values
+    torch.testing.assert_close(rgb_p, p[:, None] * rgb, rtol=1e-6, atol=0)
+    torch.testing.assert_close(alpha_p, p * alpha, rtol=1e-6, atol=0)

@@ -65,20 +65,26 @@ class NeRFGate(nn.Module):
         self.grid.copy_(feats.t().reshape(1, -1, r, r, r))
 
 
-def top_k_routing(probs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def top_k_routing(probs: torch.Tensor, k: int, renormalize_top1: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Keep each point's ``k`` most probable experts.
 
     Args:
         probs: Gate probabilities ``[P, M]`` (rows sum to 1).
         k: Experts per point, ``1 <= k <= M``.
+        renormalize_top1: For ``k == 1``, blend with weight 1 (the chosen expert's output unchanged) instead of the
+            raw top-1 probability of the released code. The weight is ``p / stop_grad(p)``: exactly 1 forward, while
+            the reconstruction loss still reaches the gate (gradient ``1 / p`` times that of the raw weight); a plain
+            ``p / p`` would leave the gate only the balancing loss.
 
     Returns:
         Dense blend weights ``[P, M]`` (zero outside the top-k; the top-k renormalised to sum 1 when ``k > 1``, the
-        raw top-1 probability when ``k == 1``, as in the released code) and the chosen experts ``[P, k]`` (int64).
+        raw top-1 probability when ``k == 1`` unless ``renormalize_top1``) and the chosen experts ``[P, k]`` (int64).
     """
     if not 1 <= k <= probs.shape[-1]:
         raise ValueError(f"top_k must be in [1, {probs.shape[-1]}], got {k}")
     top, index = probs.topk(k, dim=-1)
     if k > 1:
         top = top / top.sum(-1, keepdim=True)
+    elif renormalize_top1:
+        top = top / top.detach()
     return torch.zeros_like(probs).scatter(-1, index, top), index

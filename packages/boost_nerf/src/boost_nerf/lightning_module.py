@@ -33,6 +33,8 @@ class BoostNeRFModule(pl.LightningModule):
         expert_resolutions: One resolution per expert (one entry in single mode), low to high.
         mode: ``"single"``, ``"topk"`` (the paper's Top-k) or ``"ensemble"`` (all experts, softmax weights).
         top_k: Experts per point in ``topk`` mode.
+        renormalize_top1: With ``top_k=1``, blend the chosen expert with weight 1 instead of its gate probability
+            (default False: the released code's raw top-1 probability, which scales colour and alpha by ``p``).
         expert_kwargs: Backbone-specific expert options (see :mod:`boost_nerf.experts`), the same for every expert.
         gate_resolution: Gate grid size (paper: 128).
         gate_hidden: Gate MLP width (paper: 64).
@@ -62,6 +64,7 @@ class BoostNeRFModule(pl.LightningModule):
         expert_resolutions: list[int] = (32,),
         mode: Literal["single", "topk", "ensemble"] = "single",
         top_k: int = 2,
+        renormalize_top1: bool = False,
         expert_kwargs: dict[str, Any] | None = None,
         gate_resolution: int = 16,
         gate_hidden: int = 64,
@@ -105,6 +108,7 @@ class BoostNeRFModule(pl.LightningModule):
             occupancy_resolution,
             occupancy_threshold,
             background,
+            renormalize_top1=renormalize_top1,
         )
         weights = resolution_weights if resolution_weights is not None else PAPER_RESOLUTION_WEIGHTS
         if mode != "single" and len(weights) < len(experts):

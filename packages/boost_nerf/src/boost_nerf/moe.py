@@ -112,6 +112,8 @@ class BoostNeRF(nn.Module):
         occupancy_resolution: Cells per side of the occupancy grid used to skip empty space.
         occupancy_threshold: A cell is occupied when the finest expert's alpha at its centre exceeds this.
         background: Background colour (1 = white, as in NeRF-Synthetic).
+        renormalize_top1: Top-1 blends the chosen expert with weight 1 instead of its gate probability (see
+            :func:`~boost_nerf.gate.top_k_routing`; default False, the released code's raw probability).
     """
 
     def __init__(
@@ -127,6 +129,7 @@ class BoostNeRF(nn.Module):
         occupancy_resolution: int = 64,
         occupancy_threshold: float = 1e-3,
         background: float = 1.0,
+        renormalize_top1: bool = False,
     ):
         super().__init__()
         if mode not in ("single", "topk", "ensemble"):
@@ -138,6 +141,7 @@ class BoostNeRF(nn.Module):
         self.experts = nn.ModuleList(experts)
         self.gate = gate
         self.mode, self.top_k = mode, top_k
+        self.renormalize_top1 = renormalize_top1
         self.register_buffer("aabb", torch.tensor(aabb, dtype=torch.float32), persistent=False)
         self.finest = max(range(len(experts)), key=lambda i: experts[i].resolution)
         self.interval = step_ratio
@@ -189,7 +193,7 @@ class BoostNeRF(nn.Module):
             return rgb_p, alpha_p, x.new_zeros(len(x), 0), torch.tensor([len(x)], device=x.device)
         probs = torch.softmax(self.gate(x, d), -1)
         if self.mode == "topk":
-            weights, index = top_k_routing(probs, self.top_k)
+            weights, index = top_k_routing(probs, self.top_k, self.renormalize_top1)
         else:
             weights, index = probs, None
         rgb_p, alpha_p, counts = dispatch(self.experts, x, d, weights, index, self.act_shift, self.interval)
