@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 from gode.colmap import read_colmap
 from gode.data import intrinsics, viewmats_from_blender
@@ -145,3 +146,50 @@ def test_lod_restart_resets_adam_and_the_centres_rate():
     for _ in range(10):  # half of the restarted 20-step decay: 0.1 * 0.01 ** 0.5
         scheduler.step()
     assert math.isclose(optimizer.param_groups[0]["lr"], 0.01, rel_tol=1e-9)
+
+
+def test_opacity_criterion_keeps_the_most_opaque_gaussians_per_level():
+    torch.manual_seed(1)
+    module = GoDeModule(
+        num_gaussians=40, sh_degree=0, num_levels=3, min_level_size=5, max_fraction=0.75, level_criterion="opacity"
+    )
+    logits = torch.randn(40)
+    with torch.no_grad():
+        module.gaussians.opacity_logits.copy_(logits)
+    module._views_for_importance = lambda: pytest.fail("the opacity ranking must not render any view")
+    module.assign_levels()
+    assert module.level_counts() == [5, 12, 30]  # 5 * sqrt(30 / 5) = 12.2
+    # Reference: sort the opacities by hand (distinct values, so no ties); level l is the top |G_l| of them.
+    order = sorted(range(40), key=lambda i: -float(logits[i]))
+    for level, size in enumerate((5, 12, 30)):
+        assert set(level_mask(module.level_of, level).nonzero().flatten().tolist()) == set(order[:size])
+    assert set((module.level_of == -1).nonzero().flatten().tolist()) == set(order[30:])
+
+
+def test_random_criterion_nests_reproducibly_and_ignores_opacity():
+    def levels(seed: int) -> torch.Tensor:
+        torch.manual_seed(seed)
+        module = GoDeModule(
+            num_gaussians=200, sh_degree=0, num_levels=4, min_level_size=10, max_fraction=0.75, level_criterion="random"
+        )
+        with torch.no_grad():
+            module.gaussians.opacity_logits.copy_(torch.linspace(-3, 3, 200))  # opacity rises with the index
+        module._views_for_importance = lambda: pytest.fail("the random ranking must not render any view")
+        module.assign_levels()
+        return module.level_of.clone(), module.level_counts()
+
+    level_of, counts = levels(0)
+    assert counts == [10, 25, 61, 150]
+    for lvl in (1, 2, 3):
+        assert (level_mask(level_of, lvl - 1) <= level_mask(level_of, lvl)).all()
+    assert torch.equal(levels(0)[0], level_of)  # same seed, same order
+    assert not torch.equal(levels(1)[0], level_of)
+    # Not the opacity ranking, which would prune exactly the 50 least opaque (indices 0..49): a uniform draw keeps
+    # 150 / 200 of them, 37.5 on average (hypergeometric standard deviation 2.7).
+    kept_low = int((level_of[:50] >= 0).sum())
+    assert 25 <= kept_low <= 49
+
+
+def test_unknown_level_criterion_is_rejected():
+    with pytest.raises(ValueError, match="level_criterion"):
+        GoDeModule(num_gaussians=10, num_levels=2, min_level_size=2, level_criterion="size")

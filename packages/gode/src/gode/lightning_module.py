@@ -98,6 +98,10 @@ class GoDeModule(pl.LightningModule):
         min_level_size: ``|G_0|``.
         max_fraction: ``|G_{L-1}| / num_gaussians`` (the rest is pruned; 0.75, 0.5 for Deep Blending).
         level_weighting: Level sampling during fine-tuning: ``uniform`` or ``linear`` (toward high LoDs).
+        level_criterion: Ranking that builds the nested levels: ``gradient`` (GoDe's iterative gradient-importance
+            masking), or the naive baselines ``opacity`` (most opaque first) and ``random`` (a fixed random order).
+            The baselines go through the same nesting and the same LoD fine-tuning, so a ladder built with them
+            costs exactly what GoDe's does and differs only in which Gaussians each level keeps.
         qat: Quantisation-aware fine-tuning (int8 SH, fp16 geometry) and quantised evaluation.
         sh_rest_l1: Weight of ``mean |SH_rest|`` over the sampled level's Gaussians during fine-tuning.
         lod_restart: Start the LoD fine-tuning with fresh Adam moments and the centres' learning rate decaying
@@ -148,6 +152,7 @@ class GoDeModule(pl.LightningModule):
         min_level_size: int = 100000,
         max_fraction: float = 0.75,
         level_weighting: Literal["uniform", "linear"] = "uniform",
+        level_criterion: Literal["gradient", "opacity", "random"] = "gradient",
         qat: bool = True,
         sh_rest_l1: float = 0.05,
         lod_restart: bool = True,
@@ -187,6 +192,8 @@ class GoDeModule(pl.LightningModule):
             self.register_buffer("vis_count", torch.zeros(num_gaussians))
         elif densification != "mcmc":
             raise ValueError(f"densification must be 'mcmc' or 'default', got {densification!r}")
+        if level_criterion not in ("gradient", "opacity", "random"):
+            raise ValueError(f"level_criterion must be 'gradient', 'opacity' or 'random', got {level_criterion!r}")
         self._view_grad: tuple[torch.Tensor, torch.Tensor, int, int] | None = None
 
     def setup(self, stage: str) -> None:
@@ -413,12 +420,21 @@ class GoDeModule(pl.LightningModule):
         return [{k: v.to(self.device) for k, v in dataset[i].items()} for i in range(n)]
 
     def assign_levels(self) -> None:
-        """Assign every Gaussian its first level (iterative masking) and switch to LoD fine-tuning."""
+        """Assign every Gaussian its first level (``level_criterion``) and switch to LoD fine-tuning."""
         hp = self.hparams
         sizes = level_sizes(len(self.gaussians), hp.num_levels, hp.min_level_size, hp.max_fraction)
-        views = self._views_for_importance()
-        with torch.enable_grad():
-            level_of = assign_levels(functools.partial(self.importance_scores, views=views), len(self.gaussians), sizes)
+        num = len(self.gaussians)
+        if hp.level_criterion == "opacity":
+            # Static scores: the same nesting as GoDe's masking, but each level keeps its most opaque Gaussians.
+            opacities = torch.sigmoid(self.gaussians.opacity_logits.detach()).cpu()
+            level_of = assign_levels(lambda active: opacities, num, sizes)
+        elif hp.level_criterion == "random":
+            order = torch.rand(num, generator=self._generator(5))
+            level_of = assign_levels(lambda active: order, num, sizes)
+        else:
+            views = self._views_for_importance()
+            with torch.enable_grad():
+                level_of = assign_levels(functools.partial(self.importance_scores, views=views), num, sizes)
         self.level_of.copy_(level_of.to(self.level_of.device))
         self.levels_assigned.fill_(True)
 
