@@ -2,7 +2,10 @@
 
 Every run goes through the real CLI (``fit`` only: the test split is never touched). For each run it prints the
 validation accuracy and margin loss of the model that the table would use (baseline: best validation checkpoint;
-REM: the network after the last epoch, i.e. after its last pruning step) and the weight sparsity.
+REM: the network after the last epoch, i.e. after its last pruning step), the weight sparsity and the parse trees
+and parse-tree entropy per predicted class on the validation split (same bins as the tables). ``--summary`` then
+checks every variant against the baseline row of the same seed in --out: accuracy difference and the number of
+classes whose validation entropy is lower than the baseline's (the three CPU claims, on validation).
 
     heavy -1 python packages/capsnet_rem/tools/tune_rem.py --seeds 42 43 --baseline \
         --variant 'ft5={"max_epochs": 25, "prune_epochs": 20, "finetune_lr_factor": 0.3}'
@@ -22,7 +25,7 @@ from pathlib import Path
 import torch
 import yaml
 from capsnet_rem.capsules import margin_loss
-from capsnet_rem.reproduce import NO_BAR, PAPER, _load, read_metrics
+from capsnet_rem.reproduce import NO_BAR, PAPER, _load, analyse, read_metrics
 from reprokit.cli import fit_test, package_path
 
 
@@ -40,6 +43,36 @@ def validate(net: torch.nn.Module, dm) -> tuple[float, float]:
     return correct / n, loss / n
 
 
+def summary(rows: list[dict]) -> list[dict]:
+    """Per variant and seed: sparsity, accuracy minus the same seed's baseline, classes with lower entropy.
+
+    The last baseline row of a seed is the reference (rows are appended, so a rerun replaces an older one).
+    Rows without validation entropies (written before the tool reported them) are skipped.
+    """
+    rows = [r for r in rows if "val_entropy" in r]
+    base = {r["seed"]: r for r in rows if r["variant"] == "baseline"}
+    latest = {(r["variant"], r["seed"]): r for r in rows if r["variant"] != "baseline"}
+    out = []
+    for (variant, seed), row in latest.items():
+        if seed not in base:
+            continue
+        ref = base[seed]
+        pairs = [(b, v) for b, v in zip(ref["val_entropy"], row["val_entropy"]) if b == b and v == v]
+        out.append(
+            {
+                "variant": variant,
+                "seed": seed,
+                "sparsity": round(row["sparsity"], 3),
+                "val_acc_minus_baseline": round(row["val_acc"] - ref["val_acc"], 4),
+                "val_entropy_mean": round(row["val_entropy_mean"], 3),
+                "baseline_val_entropy_mean": round(ref["val_entropy_mean"], 3),
+                "classes_lower_entropy": sum(v < b for b, v in pairs),
+                "classes": len(pairs),
+            }
+        )
+    return out
+
+
 def main() -> None:
     """Fit every requested run and append one JSON row per run to --out."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -47,7 +80,13 @@ def main() -> None:
     parser.add_argument("--variant", action="append", default=[], help="name=JSON of REMPruning args/max_epochs")
     parser.add_argument("--baseline", action="store_true", help="also fit the baseline config")
     parser.add_argument("--out", default="runs/capsnet_rem/tune.jsonl", help="JSON lines, one per run (appended)")
+    parser.add_argument("--summary", action="store_true", help="only compare the rows in --out with the baseline")
     args = parser.parse_args()
+    if args.summary:
+        rows = [json.loads(line) for line in Path(args.out).read_text().splitlines() if line.strip()]
+        for row in summary(rows):
+            print(json.dumps(row))
+        return
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     cpu = package_path(PAPER, "configs") / "cpu"
     runs = [("baseline", cpu / "baseline_mnist5k.yaml", None)] if args.baseline else []
@@ -78,6 +117,8 @@ def main() -> None:
             )
             net = _load(result)
             acc, loss = validate(net, result["cli"].datamodule)
+            trees = analyse(net, result["cli"].datamodule, result["cli"].model.hparams.tree_bins, split="val")
+            stats = trees["stats"]
             weights = [p for n, p in net.pruning_parameters() if n.rsplit(".", 1)[-1] == "weight"]
             sparsity = sum(int((p == 0).sum()) for p in weights) / sum(p.numel() for p in weights)
             series = read_metrics(result["log_dir"])
@@ -87,6 +128,9 @@ def main() -> None:
                 "val_acc": acc,
                 "val_margin_loss": loss,
                 "sparsity": sparsity,
+                "val_trees_mean": float(stats["trees_mean"]),
+                "val_entropy_mean": float(stats["entropy_mean"]),
+                "val_entropy": [round(float(v), 4) for v in stats["entropy"]],
                 "fit_time_s": round(result["fit_time_s"], 1),
                 "val_acc_per_epoch": [round(v, 3) for _, v in series.get("val/acc", [])],
                 "sparsity_per_epoch": [round(v, 3) for _, v in series.get("rem/sparsity", [])],

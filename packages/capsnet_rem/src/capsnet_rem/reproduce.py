@@ -36,13 +36,16 @@ PAPER_REM_DATASETS = ["mnist", "fashion_mnist", "cifar10", "svhn", "affnist"]
 
 # ------------------------------------------------------------------------------------------------------ analysis
 @torch.no_grad()
-def analyse(net: torch.nn.Module, dm, bins: int) -> dict:
-    """Per-class parse trees/entropies, a histogram of couplings toward the predicted class, and accuracy."""
+def analyse(net: torch.nn.Module, dm, bins: int, split: str = "test") -> dict:
+    """Per-class parse trees/entropies, a histogram of couplings toward the predicted class, and accuracy.
+
+    ``split`` picks the data module's loader: the tables use ``test``, the tuning tool ``val``.
+    """
     net.eval()
     trees = ParseTrees(net.caps.out_caps, bins)
     hist = torch.zeros(bins, dtype=torch.float64)
     correct = n = 0
-    for x, y in dm.test_dataloader():
+    for x, y in getattr(dm, f"{split}_dataloader")():
         x = dm.prepare_batch(x, train=False)
         out = net(x)
         pred = out.lengths.argmax(1)
