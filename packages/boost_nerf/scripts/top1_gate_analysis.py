@@ -8,7 +8,9 @@ Reads the checkpoints of a finished ``boost_nerf reproduce --scale cpu`` run (``
 - the PSNR of the same Top-1 checkpoint rendered four ways, without retraining: the released code's blend
   (``p * rgb``, ``p * alpha``), renormalised (weight 1 for both), and renormalised colour only / alpha only, which
   separates the two ways a ``p < 1`` weight dims a sample;
-- the mean signed colour error (render minus ground truth) and mean opacity, which show the dimming directly.
+- the mean signed colour error (render minus ground truth) and mean opacity, which show the dimming directly;
+- each jointly trained expert rendering every kept point alone (weight 1), and each stage-1 expert alone: whether
+  the experts themselves or their per-point mixing lose the quality.
 
 ``--retrain ngp,tensorf`` also retrains the Top-1 joint stage from the same stage-1 checkpoints with
 ``renormalize_top1=true`` (same steps, seed and overrides as ``reproduce``) and reports its validation- and
@@ -78,6 +80,29 @@ def _blend_variant(model, rgb_w: str, alpha_w: str):
     return blend
 
 
+def _blend_alone(model, e: int):
+    """A replacement for ``BoostNeRF._blend`` that sends every kept point to expert ``e`` with weight 1."""
+
+    def blend(x: torch.Tensor, d: torch.Tensor):
+        weights = x.new_zeros(len(x), len(model.experts))
+        weights[:, e] = 1.0
+        index = torch.full((len(x), 1), e, dtype=torch.long, device=x.device)
+        rgb, alpha, counts = dispatch(model.experts, x, d, weights, index, model.act_shift, model.interval)
+        return rgb, alpha, torch.softmax(model.gate(x, d), -1), counts
+
+    return blend
+
+
+def alone_psnrs(module: BoostNeRFModule, dm: SceneDataModule) -> list[float]:
+    """Test PSNR of each jointly trained expert rendering every kept point alone (the mixture's filter unchanged)."""
+    original, psnrs = module.model._blend, []
+    for e in range(len(module.model.experts)):
+        module.model._blend = _blend_alone(module.model, e)
+        psnrs.append(evaluate_views(module, dm)["psnr"])
+    module.model._blend = original
+    return psnrs
+
+
 @torch.no_grad()
 def evaluate_views(module: BoostNeRFModule, dm: SceneDataModule) -> dict[str, object]:
     """Per-view renders of the test split: PSNR, signed colour error, opacity, and gate stats of the kept points.
@@ -137,6 +162,11 @@ def analyse(runs: Path, backbone: str) -> dict[str, object]:
         if name == "raw":
             result["gate"] = _gate_stats(ev["top1_prob"], ev["expert"], len(module.model.experts))
     module.model._blend = original
+    result["alone"] = alone_psnrs(module, dm)
+    result["stage1_alone"] = [
+        evaluate_views(BoostNeRFModule.load_from_checkpoint(_ckpt(runs / f"cpu-{backbone}-expert{r}")), dm)["psnr"]
+        for r in module.hparams.expert_resolutions
+    ]
     # The module's own path must agree with the "raw" variant (a check that the replacement blend is faithful).
     result["raw_via_module"] = evaluate_views(module, dm)["psnr"]
     return result
@@ -176,6 +206,7 @@ def retrain(runs: Path, backbone: str, renormalize: bool = True) -> dict[str, ob
         "val_psnr": result["fit"].get("val/psnr"),
         "test": {k: ev[k] for k in ("psnr", "bias", "opacity")},
         "gate": _gate_stats(ev["top1_prob"], ev["expert"], len(module.model.experts)),
+        "alone": alone_psnrs(module, _datamodule(runs / f"cpu-{backbone}-top1")),
         "fit_wall_s": fit_wall,
         "fit_cpu_s": fit_cpu,
     }
