@@ -172,29 +172,39 @@ def analyse(runs: Path, backbone: str) -> dict[str, object]:
     return result
 
 
-def retrain(runs: Path, backbone: str, renormalize: bool = True) -> dict[str, object]:
+def retrain(runs: Path, backbone: str, renormalize: bool = True, finest_only: bool = False) -> dict[str, object]:
     """Top-1 joint stage again from the same stage-1 checkpoints, with ``renormalize_top1`` set to ``renormalize``.
 
     ``renormalize=False`` is the control: the original run again (the fit is deterministic on CPU, so it should
     reproduce the original checkpoint's numbers, showing that a difference comes from the switch).
+    ``finest_only`` starts every expert from the finest stage-1 checkpoint (experts all at the finest resolution):
+    Top-1 without weak coarse experts, the same gate, steps and seed.
     """
     config = yaml.safe_load((runs / f"cpu-{backbone}-top1" / "version_0" / "config.yaml").read_text())
     init = config["model"]["init_args"]
+    experts = init["expert_checkpoints"]
+    if finest_only:
+        experts = [experts[-1]] * len(experts)
+        res = init["expert_resolutions"][-1]
+        finest = [f"--model.init_args.expert_resolutions=[{','.join([str(res)] * len(experts))}]"]
+    else:
+        finest = []
     overrides = [
         "--trainer.enable_progress_bar=false",
         "--trainer.limit_val_batches=1",
         f"--seed_everything={config['seed_everything']}",
         f"--trainer.max_steps={config['trainer']['max_steps']}",
-        f"--model.init_args.expert_checkpoints=[{','.join(init['expert_checkpoints'])}]",
+        f"--model.init_args.expert_checkpoints=[{','.join(experts)}]",
         f"--model.init_args.gate_checkpoint={init['gate_checkpoint']}",
         f"--model.init_args.renormalize_top1={str(renormalize).lower()}",
+        *finest,
     ]
     cfg = package_path("boost_nerf", "configs") / "cpu" / f"{backbone}_top1.yaml"
     wall, cpu = time.perf_counter(), time.process_time()
     result = fit_test(
         "boost_nerf",
         cfg,
-        experiment=f"cpu-{backbone}-top1-{'renorm' if renormalize else 'raw'}",
+        experiment=f"cpu-{backbone}-top1-{'renorm' if renormalize else 'raw'}{'-finest' if finest_only else ''}",
         overrides=overrides,
         test=False,
     )
@@ -230,6 +240,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/boost_nerf_top1"))
     parser.add_argument("--backbones", default="dvgo,tensorf,ngp")
     parser.add_argument("--retrain", default="", help="backbones to retrain with renormalize_top1=true")
+    parser.add_argument("--finest", default="", help="backbones to retrain (raw p) with every expert the finest one")
     parser.add_argument("--control", default="", help="backbones to retrain with the default (raw p), as a control")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -246,6 +257,11 @@ def main() -> None:
     for backbone in filter(None, args.control.split(",")):
         report[backbone]["retrained_raw_control"] = retrain(args.runs, backbone, renormalize=False)
         print(backbone, "control", json.dumps(report[backbone]["retrained_raw_control"], indent=1), flush=True)
+    for backbone in filter(None, args.finest.split(",")):
+        report[backbone]["retrained_raw_finest_only"] = retrain(
+            args.runs, backbone, renormalize=False, finest_only=True
+        )
+        print(backbone, "finest", json.dumps(report[backbone]["retrained_raw_finest_only"], indent=1), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "top1_gate_analysis.json").write_text(json.dumps(report, indent=1))
 
