@@ -15,10 +15,12 @@ Reads the checkpoints of a finished ``boost_nerf reproduce --scale cpu`` run (``
 ``--retrain ngp,tensorf`` also retrains the Top-1 joint stage from the same stage-1 checkpoints with
 ``renormalize_top1=true`` (same steps, seed and overrides as ``reproduce``) and reports its validation- and
 test-view PSNR; no choice is made on test views. Run it through the shared gate (``heavy -1``): each retrain is one
-200-step fit. Writes ``top1_gate_analysis.json`` into ``--out``.
+200-step fit. ``--control ngp`` refits without the switch (it must reproduce the original run: the fit is
+deterministic); ``--finest ngp`` refits Top-1 (raw p) with every expert started from the finest stage-1 expert.
+Writes ``top1_gate_analysis.json`` into ``--out``.
 
     heavy -1 env OMP_NUM_THREADS=1 .venv/bin/python packages/boost_nerf/scripts/top1_gate_analysis.py \
-        --runs runs/boost_nerf --out runs/boost_nerf_top1 --retrain dvgo,tensorf,ngp --control ngp
+        --runs runs/boost_nerf --out runs/boost_nerf_top1 --retrain dvgo,tensorf,ngp --control ngp --finest ngp
 """
 
 from __future__ import annotations
