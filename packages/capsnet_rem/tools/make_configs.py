@@ -275,7 +275,7 @@ def cpu() -> None:
             # ~1,650 steps instead of the paper's ~10^5: a stronger LOBSTER that fades within the run (0.8 per
             # epoch), a small admissible increase of the validation margin loss per threshold search, and pruning
             # stops once 81% of the weights are gone, so the remaining epochs fine-tune the sparse network with
-            # frozen masks (tuned on the validation split of seeds 42/43, see the README).
+            # frozen masks (tuned on the validation split of seed 42, checked on seed 43 later; see the README).
             rem = rem_callback(
                 lambda_max=0.005, tolerance=0.004, search_steps=8, lambda_decay=0.8, target_sparsity=0.81
             )
