@@ -101,6 +101,7 @@ def _leveled_module() -> tuple[GoDeModule, dict]:
     return module, {**view, "image": view["image"][None]}
 
 
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log:UserWarning")  # a bare step, no Trainer to log to
 def test_lod_step_regularises_only_the_sampled_levels_sh(monkeypatch):
     import gode.lightning_module as lm
     from gode.metrics import photometric_loss
@@ -121,6 +122,7 @@ def test_lod_step_regularises_only_the_sampled_levels_sh(monkeypatch):
     torch.testing.assert_close(got[inside], expected)
 
 
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step:UserWarning")  # the schedule alone is stepped
 def test_lod_restart_resets_adam_and_the_centres_rate():
     from gode.lightning_module import MeansSchedule
 
