@@ -13,6 +13,14 @@ from boost_nerf.moe import dispatch
 AABB = (-1.0, -1.0, -1.0, 1.0, 1.0, 1.0)
 
 
+# Small experts of each backbone for the dispatch tests.
+SMALL = {
+    "dvgo": {"feature_dim": 4, "mlp_width": 16},
+    "tensorf": {"density_components": 2, "appearance_components": 3, "feature_dim": 5, "mlp_width": 16},
+    "ngp": {"levels": 3, "log2_table_size": 8, "base_resolution": 4, "mlp_width": 16},
+}
+
+
 def _random_experts(backbone: str, resolutions: list[int], seed: int = 0, **kwargs):
     torch.manual_seed(seed)
     experts = [make_expert(backbone, r, AABB, **kwargs) for r in resolutions]
@@ -65,12 +73,7 @@ def test_gate_init_copies_a_same_size_dvgo_feature_grid():
 
 @pytest.mark.parametrize("backbone", ["dvgo", "tensorf", "ngp"])
 def test_sparse_dispatch_equals_dense_evaluation_restricted_to_routed_points(backbone):
-    kwargs = {
-        "dvgo": {"feature_dim": 4, "mlp_width": 16},
-        "tensorf": {"density_components": 2, "appearance_components": 3, "feature_dim": 5, "mlp_width": 16},
-        "ngp": {"levels": 3, "log2_table_size": 8, "base_resolution": 4, "mlp_width": 16},
-    }[backbone]
-    experts = _random_experts(backbone, [6, 8, 10], **kwargs)
+    experts = _random_experts(backbone, [6, 8, 10], **SMALL[backbone])
     x, d = _points(300)
     probs = torch.softmax(torch.randn(300, 3, generator=torch.Generator().manual_seed(2)) * 2, -1)
     weights, index = top_k_routing(probs, 2)
@@ -149,12 +152,7 @@ def test_renormalised_top1_hand_worked_and_gradient():
 
 @pytest.mark.parametrize("backbone", ["dvgo", "tensorf", "ngp"])
 def test_renormalised_top1_dispatch_returns_the_chosen_experts_output(backbone):
-    kwargs = {
-        "dvgo": {"feature_dim": 4, "mlp_width": 16},
-        "tensorf": {"density_components": 2, "appearance_components": 3, "feature_dim": 5, "mlp_width": 16},
-        "ngp": {"levels": 3, "log2_table_size": 8, "base_resolution": 4, "mlp_width": 16},
-    }[backbone]
-    experts = _random_experts(backbone, [6, 8, 10], **kwargs)
+    experts = _random_experts(backbone, [6, 8, 10], **SMALL[backbone])
     x, d = _points(200)
     probs = torch.softmax(torch.randn(200, 3, generator=torch.Generator().manual_seed(4)), -1)
     weights, index = top_k_routing(probs, 1, renormalize_top1=True)
