@@ -5,22 +5,10 @@ import copy
 import torch
 from capsnet_rem.capsules import margin_loss, reconstruction_loss
 from capsnet_rem.lightning_module import CapsuleClassifier
-from capsnet_rem.model import CapsNet
 
 
-def test_compiled_network_matches_eager_outputs_and_gradients():
-    torch.manual_seed(0)
-    net = CapsNet(
-        in_shape=(1, 20, 20),
-        conv_channels=8,
-        conv_kernel=5,
-        primary_types=4,
-        primary_dims=4,
-        primary_kernel=5,
-        primary_stride=2,
-        class_dims=6,
-        decoder=True,
-    )
+def test_compiled_network_matches_eager_outputs_and_gradients(small_capsnet):
+    net = small_capsnet(primary_types=4, decoder=True)
     eager = CapsuleClassifier(net)
     compiled = CapsuleClassifier(copy.deepcopy(net), compile_net=True)
     assert isinstance(compiled._run_net, torch._dynamo.eval_frame.OptimizedModule)

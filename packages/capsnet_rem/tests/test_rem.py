@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from capsnet_rem.model import CapsNet, alive_primary_capsules, compact
+from capsnet_rem.model import alive_primary_capsules, compact
 from capsnet_rem.rem import (
     apply_masks_,
     lobster_,
@@ -73,24 +73,9 @@ def test_masks_keep_pruned_weights_at_zero_and_targets_exclude_biases():
     assert stats["w"] == pytest.approx(2 / 12) and stats["b"] == 1.0 and stats["global"] == pytest.approx(5 / 15)
 
 
-def _small_net(**kw):
-    torch.manual_seed(0)
-    return CapsNet(
-        in_shape=(1, 20, 20),
-        conv_channels=8,
-        conv_kernel=5,
-        primary_types=6,
-        primary_dims=4,
-        primary_kernel=5,
-        primary_stride=2,
-        class_dims=6,
-        **kw,
-    ).double()
-
-
 @pytest.mark.parametrize("decoder", [False, True])
-def test_compaction_removes_dead_types_and_preserves_outputs(decoder):
-    net = _small_net(decoder=decoder)
+def test_compaction_removes_dead_types_and_preserves_outputs(decoder, small_capsnet):
+    net = small_capsnet(decoder=decoder).double()
     per_type = net.grid[0] * net.grid[1]
     with torch.no_grad():
         net.primary.conv.weight[1 * 4 : 2 * 4] = 0  # type 1: convolution entirely pruned
@@ -112,8 +97,8 @@ def test_compaction_removes_dead_types_and_preserves_outputs(decoder):
         torch.testing.assert_close(small_out.reconstruction, big_out.reconstruction)
 
 
-def test_compaction_keeps_live_conv_types_with_nonzero_bias():
-    net = _small_net()
+def test_compaction_keeps_live_conv_types_with_nonzero_bias(small_capsnet):
+    net = small_capsnet().double()
     with torch.no_grad():
         net.primary.conv.weight[0:4] = 0  # weights gone but the bias still makes a constant capsule
     small = compact(net)

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import torch
 from capsnet_rem.capsules import bin_index
-from capsnet_rem.model import CapsNet
 from capsnet_rem.reproduce import analyse
 
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "tune_rem.py"
@@ -70,18 +69,8 @@ class _Loaders:
         return x
 
 
-def test_analyse_reads_the_requested_split():
-    torch.manual_seed(0)
-    net = CapsNet(
-        in_shape=(1, 20, 20),
-        conv_channels=4,
-        conv_kernel=5,
-        primary_types=2,
-        primary_dims=4,
-        primary_kernel=5,
-        primary_stride=2,
-        class_dims=4,
-    ).double()
+def test_analyse_reads_the_requested_split(small_capsnet):
+    net = small_capsnet(conv_channels=4, primary_types=2, class_dims=4).double()
     dm = _Loaders()
     for split, (x, y) in (("val", dm.val), ("test", dm.test)):
         ev = analyse(net, dm, bins=11, split=split)
