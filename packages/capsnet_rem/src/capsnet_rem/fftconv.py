@@ -1,0 +1,206 @@
+"""Strided valid 2-D convolution (cross-correlation, as ``F.conv2d``) in the frequency domain, explicit backward.
+
+Why: the primary-capsule convolution of Sabour's CapsNet (256 -> 256 channels, 9x9, stride 2, 20x20 -> 6x6) is
+most of a CPU training step, and oneDNN runs it at about half of the CPU's GEMM rate. Written as below it is a
+few large batched matrix products per pass with a third of the direct method's multiply-adds.
+
+**Polyphase.** Per spatial axis (the second is the same), a stride-``s`` valid correlation with ``k`` taps,
+
+    y[i] = sum_{u < k} x[s i + u] w[u],      i < n_out = (n - k) // s + 1,
+
+splits ``u = s a + p`` (phase ``p < s``, tap ``a < k' = ceil(k / s)``; taps past ``k`` are zero) into ``s``
+stride-1 correlations of the polyphase components ``x_p[m] = x[s m + p]`` and ``w_p[a] = w[s a + p]``:
+
+    y[i] = sum_p sum_{a < k'} x_p[i + a] w_p[a].
+
+Over both axes that is one stride-1 correlation with ``K = C s_h s_w`` input channels and a ``k'_h x k'_w``
+kernel on phase images of ``n' = n_out + k' - 1`` samples (input samples no output reads are dropped, missing ones
+are zero).
+
+**DFT.** A stride-1 correlation of ``n'`` samples equals the circular correlation of length ``n'`` at
+``i < n_out`` (``i + a <= n' - 1`` never wraps around), and circular correlation is a product of DFTs (size
+``n'_h x n'_w``, half spectrum of real signals: ``F = n'_h (n'_w // 2 + 1)`` frequencies):
+
+    Y_bo[f] = sum_k X_bk[f] conj(W_ok[f]).
+
+The backward passes are the same kind of product. With ``G`` the DFT of the output gradient zero-padded to
+``n'``, the input gradient is a full convolution (length ``n_out + k' - 1 = n'``: no wrap-around either) and the
+weight gradient a correlation whose first ``k'`` lags do not wrap:
+
+    dX_bk[f] = sum_o G_bo[f] W_ok[f],      dW_ok[f] = sum_b conj(G_bo[f]) X_bk[f].
+
+For the CapsNet primary convolution: ``n' = 10 x 10``, ``F = 60``, ``K = 1024``; each pass is 60 complex
+``[128, 1024] x [1024, 256]`` products = 16 GFLOP, against 49 GFLOP for the direct forward.
+
+**Layout.** Spectra are stored as real tensors ``[2, F, rows, cols]`` (real part, imaginary part), so every
+complex product is four real batched matrix products over the frequency axis (a conjugate is a sign, a transpose
+is free in BLAS), accumulated in place. The DFT itself is applied as a dense real matrix ``[2F, n'_h n'_w]``
+(built once per size from ``torch.fft``, so its conventions are torch's), and its inverse (``[n'_h n'_w, 2F]``,
+the half-spectrum inverse of ``torch.fft.irfft2``) likewise; only the rows/columns of the valid outputs, the kernel
+taps or the gradient's nonzero samples are used. On phase images of about 10 x 10 one matrix product over all
+``B K`` images is faster than an FFT call and writes the spectrum directly in the ``[2, F, B, K]`` layout the
+products need, so no complex tensor is ever permuted. Its cost grows as ``(n'_h n'_w)^2`` per image: this is an
+algorithm for many channels on small feature maps (capsule layers), not for large images.
+
+Pure torch (CPU or CUDA), float32 or float64; padding 0, dilation 1, groups 1. The backward is not itself
+differentiable (no double backward).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch.nn import functional as F
+
+
+def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+@functools.lru_cache(maxsize=32)
+def dft_matrices(size: tuple[int, int], dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Real forms of ``torch.fft.rfft2`` and ``torch.fft.irfft2`` for ``size = (n_h, n_w)`` images.
+
+    Returns:
+        ``forward`` ``[2F, n_h n_w]``: ``forward @ x.flatten()`` = real parts then imaginary parts of
+        ``rfft2(x).flatten()`` (``F = n_h (n_w // 2 + 1)``); ``inverse`` ``[n_h n_w, 2F]`` with
+        ``inverse @ forward = I``, i.e. ``irfft2`` (Hermitian half spectrum) of a spectrum given as ``[real; imag]``.
+    """
+    nh, nw = size
+    pixels = nh * nw
+    spec = torch.fft.rfft2(torch.eye(pixels, dtype=torch.float64).view(pixels, nh, nw)).flatten(1)  # [P, F]
+    forward = torch.cat([spec.real, spec.imag], 1).T
+    freqs = spec.shape[1]
+    unit = torch.eye(freqs, dtype=torch.complex128)
+    basis = torch.cat([unit, 1j * unit]).view(2 * freqs, nh, nw // 2 + 1)  # each real coefficient on its own
+    inverse = torch.fft.irfft2(basis, s=size).flatten(1).T
+    return forward.to(device, dtype).contiguous(), inverse.to(device, dtype).contiguous()
+
+
+def _to_phases(t: torch.Tensor, size: tuple[int, int], stride: tuple[int, int]) -> torch.Tensor:
+    """``[N, C, H, W]`` -> polyphase images ``[N * C * s_h * s_w, size_h * size_w]`` (a copy).
+
+    ``out[(b, c, p, q), m * size_w + n] = t[b, c, s_h m + p, s_w n + q]`` (zero where that is outside ``t``).
+    Pixels last: the copy reads runs of ``size_w`` samples, and the DFT matrix product reads it transposed.
+    """
+    (nh, nw), (sh, sw) = size, stride
+    n, c = t.shape[:2]
+    t = t[..., : nh * sh, : nw * sw]
+    t = F.pad(t, (0, nw * sw - t.shape[-1], 0, nh * sh - t.shape[-2]))
+    return t.reshape(n, c, nh, sh, nw, sw).permute(0, 1, 3, 5, 2, 4).reshape(n * c * sh * sw, nh * nw)
+
+
+def _from_phases(p: torch.Tensor, size: tuple[int, int], n: int, c: int, stride, shape) -> torch.Tensor:
+    """Inverse of :func:`_to_phases`: ``[N * C * s_h * s_w, size_h * size_w]`` -> ``[N, C, *shape]``.
+
+    Samples past ``shape`` are dropped, missing ones are zero (no output depends on them).
+    """
+    (nh, nw), (sh, sw), (h, w) = size, stride, shape
+    t = p.view(n, c, sh, sw, nh, nw).permute(0, 1, 4, 2, 5, 3).reshape(n, c, nh * sh, nw * sw)
+    if nh * sh >= h and nw * sw >= w:
+        return t[..., :h, :w].contiguous()
+    out = t.new_zeros(n, c, h, w)
+    out[..., : nh * sh, : nw * sw] = t[..., :h, :w]
+    return out
+
+
+def _complex_bmm(a: torch.Tensor, b: torch.Tensor, conj_a: bool = False, conj_b: bool = False) -> torch.Tensor:
+    """Per-frequency complex products of spectra in real form: ``a`` ``[2, F, n, k]``, ``b`` ``[2, F, k, m]``.
+
+    Returns ``[2, F, n, m]``: ``op(a)[f] @ op(b)[f]`` with ``op`` the complex conjugate where asked. Four real
+    batched matrix products accumulated in place; ``a`` and ``b`` may be transposed views (BLAS reads them as
+    they are).
+    """
+    (ar, ai), (br, bi) = a, b
+    sa, sb = (-1 if conj_a else 1), (-1 if conj_b else 1)
+    out = ar.new_empty(2, ar.shape[0], ar.shape[1], br.shape[2])
+    re, im = out
+    # (ar + i sa ai)(br + i sb bi) = ar br - sa sb ai bi + i (sb ar bi + sa ai br); beta=0 ignores the empty memory
+    re.baddbmm_(ar, br, beta=0).baddbmm_(ai, bi, alpha=-sa * sb)
+    im.baddbmm_(ar, bi, beta=0, alpha=sb).baddbmm_(ai, br, alpha=sa)
+    return out
+
+
+class _FFTConv2d(torch.autograd.Function):
+    """``F.conv2d(x, weight, bias, stride)`` (valid padding) in the frequency domain; see the module docstring."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride):
+        o, c, kh, kw = weight.shape
+        b, (sh, sw), (h, w) = x.shape[0], stride, x.shape[-2:]
+        ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
+        if ho < 1 or wo < 1:
+            raise ValueError(f"kernel {(kh, kw)} larger than the input {(h, w)}")
+        taps = (-(-kh // sh), -(-kw // sw))  # kernel taps per phase
+        size = (ho + taps[0] - 1, wo + taps[1] - 1)  # phase image = DFT size
+        fwd, inv = dft_matrices(size, x.dtype, x.device)
+        pix = torch.arange(size[0] * size[1], device=x.device).view(size)
+        tap_pix, out_pix = pix[: taps[0], : taps[1]].flatten(), pix[:ho, :wo].flatten()
+        k = c * sh * sw
+        # spectra [2, F, rows, K] with K = (c, p, q): the DFT matrix times the transposed phase images
+        xs = (fwd @ _to_phases(x, size, stride).T).view(2, -1, b, k)  # [2, F, B, K]
+        ws = (fwd[:, tap_pix] @ _to_phases(weight, taps, stride).T).view(2, -1, o, k)  # [2, F, O, K]
+        ys = _complex_bmm(xs, ws.transpose(2, 3), conj_b=True)  # [2, F, B, O]: sum_k X conj(W)
+        y = (ys.view(2 * ys.shape[1], b * o).T @ inv[out_pix].T).view(b, o, ho, wo)
+        if bias is not None:
+            y.add_(bias.view(1, o, 1, 1))
+        ctx.save_for_backward(xs, ws)
+        ctx.geometry = (stride, size, taps, (b, c, h, w), (o, kh, kw), bias is not None)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        xs, ws = ctx.saved_tensors
+        stride, size, taps, (b, c, h, w), (o, kh, kw), has_bias = ctx.geometry
+        fwd, inv = dft_matrices(size, grad.dtype, grad.device)
+        pix = torch.arange(size[0] * size[1], device=grad.device).view(size)
+        tap_pix, out_pix = pix[: taps[0], : taps[1]].flatten(), pix[: grad.shape[2], : grad.shape[3]].flatten()
+        grad_x = grad_w = grad_b = None
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        if need_x or need_w:
+            # the DFT of the gradient zero-padded to the phase size reads only its nonzero samples
+            gs = (fwd[:, out_pix] @ grad.reshape(b * o, -1).T).view(2, -1, b, o)  # [2, F, B, O]
+        if need_x:
+            dxs = _complex_bmm(gs, ws)  # [2, F, B, K]: full convolution sum_o G W
+            dx = dxs.view(2 * dxs.shape[1], -1).T @ inv.T  # [B * K, pixels]
+            grad_x = _from_phases(dx, size, b, c, stride, (h, w))
+        if need_w:
+            dws = _complex_bmm(gs.transpose(2, 3), xs, conj_a=True)  # [2, F, O, K]: correlation sum_b conj(G) X
+            dw = dws.view(2 * dws.shape[1], -1).T @ inv[tap_pix].T  # [O * K, taps]
+            grad_w = _from_phases(dw, taps, o, c, stride, (kh, kw))
+        if need_b and has_bias:
+            grad_b = grad.sum((0, 2, 3))
+        return grad_x, grad_w, grad_b, None
+
+
+def fft_conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: int | tuple[int, int] = 1,
+) -> torch.Tensor:
+    """Valid 2-D cross-correlation ``F.conv2d(x, weight, bias, stride)`` computed in the frequency domain.
+
+    Pays off with many channels on small maps (the per-frequency products cost ``B O C`` per frequency, the
+    transforms ``(B C + O C + B O) (n'_h n'_w)^2``); see the module docstring for the identity and the layout.
+
+    Args:
+        x: Input ``[B, C, H, W]`` (float32 or float64).
+        weight: Kernel ``[O, C, k_h, k_w]``, same dtype and device.
+        bias: Optional ``[O]``.
+        stride: ``s`` or ``(s_h, s_w)``, each >= 1.
+
+    Returns:
+        ``[B, O, (H - k_h) // s_h + 1, (W - k_w) // s_w + 1]``; gradients reach ``x``, ``weight`` and ``bias``.
+    """
+    stride = _pair(stride)
+    if min(stride) < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    if x.ndim != 4 or weight.ndim != 4 or x.shape[1] != weight.shape[1]:
+        raise ValueError(f"expected x [B, C, H, W], weight [O, C, kh, kw]; got {tuple(x.shape)}, {tuple(weight.shape)}")
+    return _FFTConv2d.apply(x, weight, bias, stride)
+
+
+CONV_ALGORITHMS = ("direct", "fft")
