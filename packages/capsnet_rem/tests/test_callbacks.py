@@ -91,3 +91,18 @@ def test_target_sparsity_ends_the_pruning_phase(target, finetune_from):
     restored = REMPruning()
     restored.load_state_dict(cb.state_dict())  # the phase survives a checkpoint
     assert restored.finetune_from == finetune_from
+
+
+def test_finetune_lobster_keeps_the_decayed_shrinkage_but_no_search():
+    module = _Module()
+    opt = torch.optim.SGD(module.net.parameters(), lr=1.0)
+    cb = REMPruning(
+        lambda_max=0.5, lambda_decay=0.5, tolerance=1e9, search_steps=20, prune_epochs=1, finetune_lobster=True
+    )
+    _epoch(cb, module, opt, 0)  # prunes 11 of 12 weights
+    zeros = module.net.fc.weight.detach() == 0
+    before, after_lobster, after_masks = _epoch(cb, module, opt, 1)
+    assert cb.finetuning(1)
+    torch.testing.assert_close(after_lobster, before * (1 - 0.5 * 0.5**2))  # lambda of epoch 1: 0.5 * 0.5^(1+1)
+    assert module.logged["rem/lambda"] == pytest.approx(0.125) and module.logged["rem/threshold"] == 0.0
+    assert after_masks[zeros].eq(0).all() and after_masks[~zeros].ne(0).all()  # masks still frozen

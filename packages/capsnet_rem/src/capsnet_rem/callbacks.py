@@ -37,6 +37,9 @@ class REMPruning(pl.Callback):
         target_sparsity: Also end the pruning phase once the global weight sparsity reaches this (None: never).
         finetune_lr_factor: The optimizer's learning rate is multiplied by this once, when fine-tuning starts
             (the lr scheduler's per-epoch decay continues from there).
+        finetune_lobster: Keep LOBSTER (with its decayed strength) on during fine-tuning. LOBSTER shrinks every
+            weight whose loss sensitivity is small, which keeps the routing logits, and so the couplings' spread,
+            small; switching it off lets the surviving weights grow back.
     """
 
     def __init__(
@@ -50,14 +53,12 @@ class REMPruning(pl.Callback):
         prune_epochs: int | None = None,
         target_sparsity: float | None = None,
         finetune_lr_factor: float = 1.0,
+        finetune_lobster: bool = False,
     ):
         self.lambda_max, self.lambda_decay, self.tolerance = lambda_max, lambda_decay, tolerance
         self.search_steps, self.min_val_acc, self.prune = search_steps, min_val_acc, prune
-        self.prune_epochs, self.target_sparsity, self.finetune_lr_factor = (
-            prune_epochs,
-            target_sparsity,
-            finetune_lr_factor,
-        )
+        self.prune_epochs, self.target_sparsity = prune_epochs, target_sparsity
+        self.finetune_lr_factor, self.finetune_lobster = finetune_lr_factor, finetune_lobster
         self._masks: list[torch.Tensor] | None = None
         # First epoch of the fine-tuning phase (None while pruning); checkpointed so a resumed run keeps its phase.
         self.finetune_from: int | None = None
@@ -73,7 +74,9 @@ class REMPruning(pl.Callback):
         return self.finetune_from is not None and epoch >= self.finetune_from
 
     def _lambda(self, epoch: int) -> float:
-        return 0.0 if self.finetuning(epoch) else self.lambda_max * self.lambda_decay ** (epoch + 1)
+        if self.finetuning(epoch) and not self.finetune_lobster:
+            return 0.0
+        return self.lambda_max * self.lambda_decay ** (epoch + 1)
 
     @staticmethod
     def _net(pl_module: pl.LightningModule) -> torch.nn.Module:
