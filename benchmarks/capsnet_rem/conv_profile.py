@@ -6,7 +6,9 @@ times each of their passes on their own (forward, input gradient, weight gradien
 so conv1 has none) and reports the achieved GFLOP/s next to a plain GEMM of the primary convolution's im2col shape
 (``[B*36, 20736] @ [20736, 256]``, the best a GEMM-based convolution could do here), for the layouts and backends
 a user could pick: NCHW and ``channels_last`` with oneDNN (PyTorch's default on CPU), and oneDNN off (im2col +
-GEMM inside ATen).
+GEMM inside ATen); and the frequency-domain primary convolution (``capsnet_rem.fftconv``, what
+``CapsNet(primary_conv="fft")`` runs; conv1 stays oneDNN NCHW), whose GFLOP/s are "effective": the direct
+method's FLOPs over its time.
 
     python benchmarks/capsnet_rem/conv_profile.py [--threads 2] [--batch 128]
 """
@@ -17,6 +19,7 @@ import argparse
 import json
 
 import torch
+from capsnet_rem.fftconv import fft_conv2d
 from reprokit.bench import time_fn, torch_threads
 
 
@@ -34,6 +37,24 @@ def _conv_passes(x: torch.Tensor, w: torch.Tensor, stride: int, input_grad: bool
     out["weight_grad"] = time_fn(backward([False, True, True]), repeats=repeats).median_s
     if input_grad:
         out["input_grad"] = time_fn(backward([True, False, False]), repeats=repeats).median_s
+    return out
+
+
+def _fft_passes(x: torch.Tensor, w: torch.Tensor, stride: int, repeats: int) -> dict:
+    """Median seconds of the forward, weight-gradient and input-gradient passes of ``fft_conv2d(x, w, stride)``.
+
+    Each backward pass reuses one forward's saved spectra (``retain_graph``), as one training step does.
+    """
+    with torch.no_grad():
+        out = {"forward": time_fn(lambda: fft_conv2d(x, w, stride=stride), repeats=repeats).median_s}
+    for name, input_grad in (("weight_grad", False), ("input_grad", True)):
+        xx, ww = x.detach().requires_grad_(input_grad), w.detach().requires_grad_(not input_grad)
+        y = fft_conv2d(xx, ww, stride=stride)
+        g = torch.randn_like(y)
+        leaf = xx if input_grad else ww
+        out[name] = time_fn(
+            lambda y=y, g=g, leaf=leaf: torch.autograd.grad(y, leaf, g, retain_graph=True), repeats=repeats
+        ).median_s
     return out
 
 
@@ -76,6 +97,16 @@ def profile(batch: int = 128, threads: int = 2, repeats: int = 3) -> dict:
                 "gflops": flops / total / 1e9,
                 "primary_gflops": {k: 2 * batch * mac2 / v / 1e9 for k, v in primary.items()},
             }
+        conv1 = out["layouts"]["oneDNN NCHW"]["conv1"]
+        primary = _fft_passes(h, w2, 2, repeats)
+        total = sum(conv1.values()) + sum(primary.values())
+        out["layouts"]["fft primary conv (conv1 oneDNN NCHW)"] = {
+            "conv1": conv1,
+            "primary": primary,
+            "total_s": total,
+            "gflops": flops / total / 1e9,  # effective: the direct method's FLOPs
+            "primary_gflops": {k: 2 * batch * mac2 / v / 1e9 for k, v in primary.items()},
+        }
     return out
 
 

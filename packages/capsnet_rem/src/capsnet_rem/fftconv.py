@@ -58,6 +58,7 @@ def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
+@torch.compiler.disable  # constants: torch.compile should call the cache, not trace the construction
 @functools.lru_cache(maxsize=32)
 def dft_matrices(size: tuple[int, int], dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Real forms of ``torch.fft.rfft2`` and ``torch.fft.irfft2`` for ``size = (n_h, n_w)`` images.
@@ -122,57 +123,74 @@ def _complex_bmm(a: torch.Tensor, b: torch.Tensor, conj_a: bool = False, conj_b:
     return out
 
 
+def _spectrum(t: torch.Tensor, fwd: torch.Tensor, size: tuple[int, int], stride: tuple[int, int]) -> torch.Tensor:
+    """Spectra ``[2, F, N, K]`` (``K = (c, p, q)``) of the polyphase images of ``t`` ``[N, C, H, W]``.
+
+    ``fwd`` is the DFT matrix restricted to the ``size`` pixels the phase images occupy (all of them for the input,
+    the kernel taps for the weights); it multiplies the transposed phase images, so the result is already in the
+    layout of the per-frequency products.
+    """
+    n, c = t.shape[:2]
+    return (fwd @ _to_phases(t, size, stride).T).view(2, -1, n, c * stride[0] * stride[1])
+
+
+def _pixels(size: tuple[int, int], crop: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """Flat indices of the top-left ``crop`` pixels of a ``size`` image (valid outputs, kernel taps)."""
+    return torch.arange(size[0] * size[1], device=device).view(size)[: crop[0], : crop[1]].flatten()
+
+
 class _FFTConv2d(torch.autograd.Function):
-    """``F.conv2d(x, weight, bias, stride)`` (valid padding) in the frequency domain; see the module docstring."""
+    """``F.conv2d(x, weight, bias, stride)`` (valid padding) in the frequency domain; see the module docstring.
+
+    Saves only ``x`` and ``weight``, as ``F.conv2d`` does: the backward recomputes the one spectrum each gradient
+    needs (one matrix product and a copy), which costs less time than keeping both spectra costs memory (for the
+    CapsNet primary convolution they are 189 MB, 4x the input and kernel).
+    """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, stride):
-        o, c, kh, kw = weight.shape
-        b, (sh, sw), (h, w) = x.shape[0], stride, x.shape[-2:]
-        ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
-        if ho < 1 or wo < 1:
-            raise ValueError(f"kernel {(kh, kw)} larger than the input {(h, w)}")
-        taps = (-(-kh // sh), -(-kw // sw))  # kernel taps per phase
-        size = (ho + taps[0] - 1, wo + taps[1] - 1)  # phase image = DFT size
-        fwd, inv = dft_matrices(size, x.dtype, x.device)
-        pix = torch.arange(size[0] * size[1], device=x.device).view(size)
-        tap_pix, out_pix = pix[: taps[0], : taps[1]].flatten(), pix[:ho, :wo].flatten()
-        k = c * sh * sw
-        # spectra [2, F, rows, K] with K = (c, p, q): the DFT matrix times the transposed phase images
-        xs = (fwd @ _to_phases(x, size, stride).T).view(2, -1, b, k)  # [2, F, B, K]
-        ws = (fwd[:, tap_pix] @ _to_phases(weight, taps, stride).T).view(2, -1, o, k)  # [2, F, O, K]
+    def forward(ctx, x, weight, bias, stride, taps, fwd, inv):
+        o, kh, kw = weight.shape[0], *weight.shape[-2:]
+        b, (h, w) = x.shape[0], x.shape[-2:]
+        out_size = ((h - kh) // stride[0] + 1, (w - kw) // stride[1] + 1)
+        size = (out_size[0] + taps[0] - 1, out_size[1] + taps[1] - 1)
+        xs = _spectrum(x, fwd, size, stride)  # [2, F, B, K]
+        ws = _spectrum(weight, fwd[:, _pixels(size, taps, x.device)], taps, stride)  # [2, F, O, K]
         ys = _complex_bmm(xs, ws.transpose(2, 3), conj_b=True)  # [2, F, B, O]: sum_k X conj(W)
-        y = (ys.view(2 * ys.shape[1], b * o).T @ inv[out_pix].T).view(b, o, ho, wo)
+        del xs, ws
+        y = ys.view(2 * ys.shape[1], b * o).T @ inv[_pixels(size, out_size, x.device)].T  # [B * O, outputs]
+        y = y.view(b, o, *out_size)
         if bias is not None:
             y.add_(bias.view(1, o, 1, 1))
-        ctx.save_for_backward(xs, ws)
-        ctx.geometry = (stride, size, taps, (b, c, h, w), (o, kh, kw), bias is not None)
+        ctx.save_for_backward(x, weight, fwd, inv)
+        ctx.geometry = (stride, size, taps, bias is not None)
         return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        xs, ws = ctx.saved_tensors
-        stride, size, taps, (b, c, h, w), (o, kh, kw), has_bias = ctx.geometry
-        fwd, inv = dft_matrices(size, grad.dtype, grad.device)
-        pix = torch.arange(size[0] * size[1], device=grad.device).view(size)
-        tap_pix, out_pix = pix[: taps[0], : taps[1]].flatten(), pix[: grad.shape[2], : grad.shape[3]].flatten()
+        x, weight, fwd, inv = ctx.saved_tensors
+        stride, size, taps, has_bias = ctx.geometry
+        (b, c, h, w), (o, kh, kw) = x.shape, (weight.shape[0], *weight.shape[-2:])
+        tap_pix, out_pix = _pixels(size, taps, x.device), _pixels(size, grad.shape[-2:], x.device)
         grad_x = grad_w = grad_b = None
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         if need_x or need_w:
             # the DFT of the gradient zero-padded to the phase size reads only its nonzero samples
             gs = (fwd[:, out_pix] @ grad.reshape(b * o, -1).T).view(2, -1, b, o)  # [2, F, B, O]
-        if need_x:
-            dxs = _complex_bmm(gs, ws)  # [2, F, B, K]: full convolution sum_o G W
-            dx = dxs.view(2 * dxs.shape[1], -1).T @ inv.T  # [B * K, pixels]
-            grad_x = _from_phases(dx, size, b, c, stride, (h, w))
         if need_w:
-            dws = _complex_bmm(gs.transpose(2, 3), xs, conj_a=True)  # [2, F, O, K]: correlation sum_b conj(G) X
+            dws = _complex_bmm(gs.transpose(2, 3), _spectrum(x, fwd, size, stride), conj_a=True)  # sum_b conj(G) X
             dw = dws.view(2 * dws.shape[1], -1).T @ inv[tap_pix].T  # [O * K, taps]
+            del dws
             grad_w = _from_phases(dw, taps, o, c, stride, (kh, kw))
+            del dw
+        if need_x:
+            dxs = _complex_bmm(gs, _spectrum(weight, fwd[:, tap_pix], taps, stride))  # full convolution sum_o G W
+            dx = dxs.view(2 * dxs.shape[1], -1).T @ inv.T  # [B * K, pixels]
+            del dxs
+            grad_x = _from_phases(dx, size, b, c, stride, (h, w))
         if need_b and has_bias:
             grad_b = grad.sum((0, 2, 3))
-        return grad_x, grad_w, grad_b, None
+        return grad_x, grad_w, grad_b, None, None, None, None
 
 
 def fft_conv2d(
@@ -200,7 +218,13 @@ def fft_conv2d(
         raise ValueError(f"stride must be >= 1, got {stride}")
     if x.ndim != 4 or weight.ndim != 4 or x.shape[1] != weight.shape[1]:
         raise ValueError(f"expected x [B, C, H, W], weight [O, C, kh, kw]; got {tuple(x.shape)}, {tuple(weight.shape)}")
-    return _FFTConv2d.apply(x, weight, bias, stride)
+    (kh, kw), (h, w), (sh, sw) = weight.shape[-2:], x.shape[-2:], stride
+    ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
+    if ho < 1 or wo < 1:
+        raise ValueError(f"kernel {(kh, kw)} larger than the input {(h, w)}")
+    taps = (-(-kh // sh), -(-kw // sw))  # kernel taps per phase
+    fwd, inv = dft_matrices((ho + taps[0] - 1, wo + taps[1] - 1), x.dtype, x.device)  # phase image = DFT size
+    return _FFTConv2d.apply(x, weight, bias, stride, taps, fwd, inv)
 
 
 CONV_ALGORITHMS = ("direct", "fft")
