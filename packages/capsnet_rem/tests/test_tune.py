@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 from capsnet_rem.capsules import bin_index
-from capsnet_rem.reproduce import analyse
+from capsnet_rem.reproduce import _lower_fraction, analyse
 
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "tune_rem.py"
 
@@ -85,3 +85,11 @@ def test_analyse_reads_the_requested_split(small_capsnet):
         toward = out.coupling[torch.arange(len(x)), :, pred]
         hist = torch.bincount(bin_index(toward.flatten(), 11), minlength=11).double()
         assert torch.allclose(torch.tensor(ev["hist"], dtype=torch.float64), hist / hist.sum())
+
+
+def test_lower_fraction_counts_strictly_lower_pairs_and_skips_unpredicted_classes():
+    nan = float("nan")
+    baseline = [[2.0, 3.0, nan], [1.0, 1.0, 4.0]]  # two seeds x three classes
+    rem = [[1.0, 3.0, 0.5], [0.5, nan, 5.0]]
+    # comparable pairs: (2,1) lower, (3,3) tie, (1,0.5) lower, (4,5) higher -> 2 of 4
+    assert _lower_fraction(baseline, rem) == 0.5

@@ -58,18 +58,20 @@ def summary(rows: list[dict]) -> list[dict]:
             continue
         ref = base[seed]
         pairs = [(b, v) for b, v in zip(ref["val_entropy"], row["val_entropy"]) if b == b and v == v]
-        out.append(
-            {
-                "variant": variant,
-                "seed": seed,
-                "sparsity": round(row["sparsity"], 3),
-                "val_acc_minus_baseline": round(row["val_acc"] - ref["val_acc"], 4),
-                "val_entropy_mean": round(row["val_entropy_mean"], 3),
-                "baseline_val_entropy_mean": round(ref["val_entropy_mean"], 3),
-                "classes_lower_entropy": sum(v < b for b, v in pairs),
-                "classes": len(pairs),
-            }
-        )
+        entry = {
+            "variant": variant,
+            "seed": seed,
+            "sparsity": round(row["sparsity"], 3),
+            "val_acc_minus_baseline": round(row["val_acc"] - ref["val_acc"], 4),
+            "val_entropy_mean": round(row["val_entropy_mean"], 3),
+            "baseline_val_entropy_mean": round(ref["val_entropy_mean"], 3),
+            "classes_lower_entropy": sum(v < b for b, v in pairs),
+            "classes": len(pairs),
+        }
+        for key, name in (("val_trees", "classes_fewer_trees"), ("val_coef_entropy", "classes_lower_coef_entropy")):
+            if key in row and key in ref:
+                entry[name] = sum(v < b for b, v in zip(ref[key], row[key]) if b == b and v == v)
+        out.append(entry)
     return out
 
 
@@ -131,6 +133,8 @@ def main() -> None:
                 "val_trees_mean": float(stats["trees_mean"]),
                 "val_entropy_mean": float(stats["entropy_mean"]),
                 "val_entropy": [round(float(v), 4) for v in stats["entropy"]],
+                "val_trees": [float(v) for v in stats["trees"]],
+                "val_coef_entropy": [round(float(v), 5) for v in stats["coef_entropy"]],
                 "fit_time_s": round(result["fit_time_s"], 1),
                 "val_acc_per_epoch": [round(v, 3) for _, v in series.get("val/acc", [])],
                 "sparsity_per_epoch": [round(v, 3) for _, v in series.get("rem/sparsity", [])],

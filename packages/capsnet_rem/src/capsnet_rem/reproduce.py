@@ -143,6 +143,8 @@ def rem_fit(variant: str, config: Path, seed: int, overrides: list[str], scale_k
     return {
         "row": row,
         "entropy": stats["entropy"].tolist(),
+        "trees": stats["trees"].tolist(),
+        "coef_entropy": stats["coef_entropy"].tolist(),
         "hist": ev["hist"],
         "curves": read_metrics(result["log_dir"]),
         "bins": bins,
@@ -171,7 +173,10 @@ def rem_table(
     """Write ``rem_table{tag}`` and its figures from the :func:`rem_fit` results of every seed and variant."""
     runs = sorted(runs, key=lambda r: (r["row"]["seed"], list(configs).index(r["row"]["variant"])))
     rows = [r["row"] for r in runs]
-    per_class = {v: [r["entropy"] for r in runs if r["row"]["variant"] == v] for v in configs}
+    per_class = {
+        key: {v: [r[key] for r in runs if r["row"]["variant"] == v] for v in configs}
+        for key in ("entropy", "trees", "coef_entropy")
+    }
     hists = {v: [r["hist"] for r in runs if r["row"]["variant"] == v] for v in configs}
     curves = {v: [r["curves"] for r in runs if r["row"]["variant"] == v] for v in configs}
     bins = runs[0]["bins"]
@@ -224,11 +229,17 @@ def rem_table(
             overrides=overrides,
         ),
     )
-    _rem_figures(out, tag, per_class, hists, curves, data)
+    _rem_figures(out, tag, per_class["entropy"], hists, curves, data)
     return metrics
 
 
-def _rem_metrics(rows: list[dict], per_class: dict[str, list[list[float]]]) -> dict[str, float]:
+def _lower_fraction(baseline: list[list[float]], rem: list[list[float]]) -> float:
+    """Share of (seed, class) pairs where REM's value is below the baseline's (classes never predicted skipped)."""
+    lower = [r < b for bs, rs in zip(baseline, rem) for b, r in zip(bs, rs) if b == b and r == r]
+    return sum(lower) / max(len(lower), 1)
+
+
+def _rem_metrics(rows: list[dict], per_class: dict[str, dict[str, list[list[float]]]]) -> dict[str, float]:
     metrics: dict[str, float] = {}
     for variant in ("baseline", "rem"):
         mine = [r for r in rows if r["variant"] == variant]
@@ -236,10 +247,8 @@ def _rem_metrics(rows: list[dict], per_class: dict[str, list[list[float]]]) -> d
             mean, std = _mean_std([r[key] for r in mine])
             metrics[f"{variant}.{key}.mean"], metrics[f"{variant}.{key}.std"] = mean, std
     metrics["rem_minus_baseline.test_acc"] = metrics["rem.test_acc.mean"] - metrics["baseline.test_acc.mean"]
-    lower = [
-        r < b for bs, rs in zip(per_class["baseline"], per_class["rem"]) for b, r in zip(bs, rs) if b == b and r == r
-    ]
-    metrics["classes_lower_entropy.frac"] = sum(lower) / max(len(lower), 1)
+    for key, name in (("entropy", "lower_entropy"), ("trees", "fewer_trees"), ("coef_entropy", "lower_coef_entropy")):
+        metrics[f"classes_{name}.frac"] = _lower_fraction(per_class[key]["baseline"], per_class[key]["rem"])
     speedups = [r["compact_speedup"] for r in rows if "compact_speedup" in r]
     if speedups:
         metrics["rem.compact_speedup.mean"] = statistics.fmean(speedups)
