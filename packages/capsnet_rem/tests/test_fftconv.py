@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from capsnet_rem.fftconv import dft_matrices, fft_conv2d
+from capsnet_rem.fftconv import dft_matrices, fft_conv2d, unique_frequencies
 from capsnet_rem.model import compact
 from torch.nn import functional as F
 
@@ -66,14 +66,19 @@ def test_float32_close_to_float64_reference():
     assert err < 1e-6
 
 
-def test_dft_matrices_are_torch_rfft2_and_its_inverse():
-    size = (5, 6)
+@pytest.mark.parametrize(("size", "unique"), [((10, 10), 52), ((5, 6), 16), ((7, 5), 18), ((1, 1), 1)])
+def test_dft_matrices_are_torch_rfft2_without_conjugate_pairs_and_invert_it(size, unique):
+    # unique: the half spectrum n_h (n_w // 2 + 1) minus, in the columns k_w = 0 (and n_w / 2 for even n_w),
+    # the rows k_h > n_h / 2, e.g. 10 x 10: 60 - 2 * 4 = 52; 5 x 6: 20 - 2 * 2 = 16; 7 x 5: 21 - 3 = 18
+    keep = unique_frequencies(size)
+    assert len(keep) == unique
     img = torch.randn(3, *size, dtype=torch.float64)
     fwd, inv = dft_matrices(size, torch.float64, torch.device("cpu"))
-    spec = torch.fft.rfft2(img).flatten(1)  # [3, F]
-    assert fwd.shape == (2 * spec.shape[1], 30) and inv.shape == (30, 2 * spec.shape[1])
+    spec = torch.fft.rfft2(img).flatten(1)[:, keep]  # [3, F]
+    pixels = size[0] * size[1]
+    assert fwd.shape == (2 * unique, pixels) and inv.shape == (pixels, 2 * unique)
     torch.testing.assert_close(img.flatten(1) @ fwd.T, torch.cat([spec.real, spec.imag], 1))
-    torch.testing.assert_close(inv @ fwd, torch.eye(30, dtype=torch.float64))
+    torch.testing.assert_close(inv @ fwd, torch.eye(pixels, dtype=torch.float64))
 
 
 def test_rejects_bad_arguments():
