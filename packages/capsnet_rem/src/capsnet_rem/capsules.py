@@ -82,7 +82,7 @@ class PrimaryCapsules(nn.Module):
         stride: Convolution stride (2).
         algorithm: How the convolution is computed, same parameters and result either way: ``"direct"``
             (``nn.Conv2d``: oneDNN / cuDNN) or ``"fft"`` (polyphase DFT, :func:`capsnet_rem.fftconv.fft_conv2d`;
-            faster on CPU for many channels on small maps, e.g. 1.8x for Sabour's 256 -> 256 9x9 stride-2 layer).
+            faster on CPU for many channels on small maps, e.g. 1.7-1.9x for Sabour's 256 -> 256 9x9 stride-2 layer).
     """
 
     def __init__(

@@ -31,9 +31,9 @@ class CapsNet(nn.Module):
         quantize_bins: CapsNet+Q: bins of the last iteration's couplings (None: exact).
         primary_conv: Algorithm of the primary-capsule convolution, ``"direct"`` (``nn.Conv2d``: oneDNN / cuDNN)
             or ``"fft"`` (polyphase DFT, :mod:`capsnet_rem.fftconv`); same parameters, state_dict and outputs
-            (to rounding). ``"fft"`` makes Sabour's 256 -> 256 channel layer 1.8x faster on this 2-core CPU
-            (forward + backward, batch 128); the default stays ``"direct"``, which is faster for small stems
-            (the CPU configs' 16 channels) and is what cuDNN-backed GPU runs should use.
+            (to rounding). ``"fft"`` makes Sabour's 256 -> 256 channel layer 1.7-1.9x faster on this 2-core CPU
+            (forward + backward, batch 128); the default stays ``"direct"``: fft gains nothing on the CPU configs'
+            16-channel network, and it was not compared with cuDNN on a GPU.
     """
 
     def __init__(
