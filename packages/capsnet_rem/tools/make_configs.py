@@ -85,6 +85,7 @@ def rem_callback(
     lambda_decay=0.99,
     target_sparsity=None,
     finetune_lr_factor=1.0,
+    finetune_lobster=False,
 ):
     """The REMPruning callback block."""
     return {
@@ -99,6 +100,7 @@ def rem_callback(
             "prune_epochs": None,
             "target_sparsity": target_sparsity,
             "finetune_lr_factor": finetune_lr_factor,
+            "finetune_lobster": finetune_lobster,
         },
     }
 
@@ -272,18 +274,25 @@ def cpu() -> None:
     for variant in ("baseline", "rem"):
         callbacks = [checkpoint(best=variant == "baseline")]
         if variant == "rem":
-            # ~1,650 steps instead of the paper's ~10^5: a stronger LOBSTER that fades within the run (0.8 per
-            # epoch), a small admissible increase of the validation margin loss per threshold search, and pruning
-            # stops once 81% of the weights are gone, so the remaining epochs fine-tune the sparse network with
-            # frozen masks (tuned on the validation split of seed 42, checked on seed 43 later; see the README).
+            # ~2,750 steps instead of the paper's ~10^5: LOBSTER ten times the paper's strength, fading at 0.97 per
+            # epoch (the paper: 0.99), a small admissible increase of the validation margin loss per threshold
+            # search, and pruning stops at 85% sparsity; the remaining epochs fine-tune with frozen masks and
+            # LOBSTER still on. LOBSTER is what keeps the couplings' spread small: fine-tuning without it recovers
+            # 0.4-0.6 points of accuracy but brings the parse-tree entropy back above the baseline's (round 4 in
+            # the README; tuned on the validation split of seeds 42 and 43).
             rem = rem_callback(
-                lambda_max=0.005, tolerance=0.004, search_steps=8, lambda_decay=0.8, target_sparsity=0.81
+                lambda_max=0.001,
+                tolerance=0.004,
+                search_steps=8,
+                lambda_decay=0.97,
+                target_sparsity=0.85,
+                finetune_lobster=True,
             )
             callbacks.insert(0, rem)
         cfg = {
             "seed_everything": 42,
-            # the baseline trains as long as REM (best validation epoch of 30)
-            "trainer": trainer(callbacks, max_epochs=30, **base_trainer),
+            # the baseline trains as long as REM (best validation epoch of 50)
+            "trainer": trainer(callbacks, max_epochs=50, **base_trainer),
             "model": classifier(copy.deepcopy(small)),
             "data": data("mnist5k", None, batch_size=64, shift=2, num_workers=0),
         }
