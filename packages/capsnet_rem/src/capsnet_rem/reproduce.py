@@ -263,9 +263,16 @@ def _rem_figures(out: Path, tag: str, per_class: dict, hists: dict, curves: dict
     n = len(per_class["baseline"][0])
     for k, variant in enumerate(("baseline", "rem")):
         values = torch.tensor(per_class[variant], dtype=torch.float64)
-        ax.bar(torch.arange(n) + (k - 0.5) * 0.4, values.nanmean(0), 0.4, label=variant, color=colors[variant])
+        mean = values.nanmean(0)
+        spread = (values - mean).pow(2).nanmean(0).sqrt()  # std over seeds
+        ax.bar(torch.arange(n) + (k - 0.5) * 0.4, mean, 0.4, yerr=spread, label=variant, color=colors[variant])
+    every = torch.tensor([per_class["baseline"], per_class["rem"]], dtype=torch.float64)
+    every = every[~every.isnan()]
+    # Entropies sit just under log2(images per class): start the axis near them so the differences are visible.
+    if len(every):
+        ax.set_ylim(max(0.0, float(every.min()) - 0.5), float(every.max()) + 0.5)
     ax.set(xlabel="class", ylabel="parse-tree entropy (bits)", title=f"per-class entropy\n{label}", xticks=range(n))
-    ax.legend()
+    ax.legend(ncol=2, loc="upper center")
     save_png(fig, out / f"entropy_per_class{tag}.png")
 
     fig, ax = figure(width=5.0)
