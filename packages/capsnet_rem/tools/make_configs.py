@@ -31,6 +31,7 @@ def capsnet(in_shape, types=32, conv_channels=256, decoder=False, **kw):
         routing_bias_init=0.1,
         decoder=decoder,
         quantize_bins=None,
+        primary_conv="direct",
     )
     args.update(kw)
     return {"class_path": "capsnet_rem.model.CapsNet", "init_args": args}
