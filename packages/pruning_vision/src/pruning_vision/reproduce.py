@@ -10,14 +10,13 @@ architecture with the sweet spots marked.
 from __future__ import annotations
 
 import json
-import multiprocessing
-import os
 import statistics
 import time
-from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 
 from reprokit.cli import package_path, run_cli
+from reprokit.parallel import cpu_workers, run_jobs
 from reprokit.plotting import COLORS, figure, save_png
 from reprokit.results import data_info, markdown_table, print_check, run_metadata, scale_name, write_results
 
@@ -86,13 +85,10 @@ def consistency_with_dense(trials: dict, dense: dict, is_dense: bool) -> dict[st
     return out
 
 
-def _sweep_job(args: tuple[Path, str, list[str]]) -> tuple[list[dict], float]:
-    """One (architecture, seed) sweep in a worker process with one intra-op thread; rows and wall time."""
-    import torch
-
-    torch.set_num_threads(1)
+def _timed_sweep(config: Path, experiment: str, overrides: list[str]) -> tuple[list[dict], float]:
+    """One (architecture, seed) sweep; its rows and wall time."""
     start = time.perf_counter()
-    return sweep_one(*args), time.perf_counter() - start
+    return sweep_one(config, experiment, overrides), time.perf_counter() - start
 
 
 def summarise(arch: str, per_seed: dict[int, list[dict]]) -> tuple[dict[str, float], list[dict]]:
@@ -193,18 +189,12 @@ def run(scale: str, quick: bool, out: Path, data_dir: Path | None = None, seeds:
     jobs = {(arch, seed): (config, f"reproduce-{scale}{'-quick' if quick else ''}-{arch}-seed{seed}",
                            [*overrides, f"--seed_everything={seed}", *QUIET])
             for arch, config in runs.items() for seed in seeds}  # fmt: skip
-    # The (architecture, seed) sweeps are independent: run them side by side, one process per core (the quick run
-    # stays in this process). Each result depends only on its own seed, not on the scheduling.
-    workers = 1 if quick or scale == "paper" else min(len(jobs), os.cpu_count() or 1)
+    # The (architecture, seed) sweeps are independent: run them side by side, one single-threaded process per core
+    # (reprokit.parallel; REPROKIT_JOBS overrides; the quick run stays in this process). Each result depends only on
+    # its own seed, not on the scheduling.
+    workers = 1 if quick or scale == "paper" else cpu_workers(len(jobs))
     print(f"[{PAPER}] {len(jobs)} sweeps ({', '.join(f'{a}/seed{s}' for a, s in jobs)}) on {workers} process(es)")
-    if workers > 1:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            done = dict(zip(jobs, pool.map(_sweep_job, jobs.values())))
-    else:
-        done = {}
-        for key, job in jobs.items():
-            job_start = time.perf_counter()  # not `start`: that one times the whole run
-            done[key] = (sweep_one(*job), time.perf_counter() - job_start)
+    done = dict(zip(jobs, run_jobs([partial(_timed_sweep, *job) for job in jobs.values()], workers)))
     timings: dict[str, float] = {}
     for arch in runs:
         per_seed = {seed: done[(arch, seed)][0] for seed in seeds}
