@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import yaml
 from capsnet_rem.capsules import margin_loss
-from capsnet_rem.reproduce import NO_BAR, PAPER, _load, analyse, read_metrics
+from capsnet_rem.reproduce import NO_BAR, PAPER, _load, analyse, lower_pairs, read_metrics
 from reprokit.cli import fit_test, package_path
 
 
@@ -57,7 +57,7 @@ def summary(rows: list[dict]) -> list[dict]:
         if seed not in base:
             continue
         ref = base[seed]
-        pairs = [(b, v) for b, v in zip(ref["val_entropy"], row["val_entropy"]) if b == b and v == v]
+        lower, classes = lower_pairs(ref["val_entropy"], row["val_entropy"])
         entry = {
             "variant": variant,
             "seed": seed,
@@ -65,12 +65,12 @@ def summary(rows: list[dict]) -> list[dict]:
             "val_acc_minus_baseline": round(row["val_acc"] - ref["val_acc"], 4),
             "val_entropy_mean": round(row["val_entropy_mean"], 3),
             "baseline_val_entropy_mean": round(ref["val_entropy_mean"], 3),
-            "classes_lower_entropy": sum(v < b for b, v in pairs),
-            "classes": len(pairs),
+            "classes_lower_entropy": lower,
+            "classes": classes,
         }
         for key, name in (("val_trees", "classes_fewer_trees"), ("val_coef_entropy", "classes_lower_coef_entropy")):
             if key in row and key in ref:
-                entry[name] = sum(v < b for b, v in zip(ref[key], row[key]) if b == b and v == v)
+                entry[name] = lower_pairs(ref[key], row[key])[0]
         out.append(entry)
     return out
 

@@ -233,10 +233,19 @@ def rem_table(
     return metrics
 
 
+def lower_pairs(baseline: list[float], rem: list[float]) -> tuple[int, int]:
+    """Per-class values of one seed: how many classes REM has below the baseline, and how many are comparable.
+
+    Classes one of the two networks never predicted (NaN) are skipped.
+    """
+    lower = [r < b for b, r in zip(baseline, rem) if b == b and r == r]
+    return sum(lower), len(lower)
+
+
 def _lower_fraction(baseline: list[list[float]], rem: list[list[float]]) -> float:
     """Share of (seed, class) pairs where REM's value is below the baseline's (classes never predicted skipped)."""
-    lower = [r < b for bs, rs in zip(baseline, rem) for b, r in zip(bs, rs) if b == b and r == r]
-    return sum(lower) / max(len(lower), 1)
+    counts = [lower_pairs(b, r) for b, r in zip(baseline, rem)]
+    return sum(c[0] for c in counts) / max(sum(c[1] for c in counts), 1)
 
 
 def _rem_metrics(rows: list[dict], per_class: dict[str, dict[str, list[list[float]]]]) -> dict[str, float]:
